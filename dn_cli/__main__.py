@@ -1,0 +1,3 @@
+from dn_cli.cli import main
+
+main()

@@ -1,0 +1,21 @@
+"""The errors `dn` reports to users: one line each, turned into a message at the CLI edge."""
+
+
+class DnError(Exception):
+    """Base of every error that is the user's input, not a bug in dn."""
+
+
+class GeometryError(DnError):
+    """Tile size, margin and model stride do not fit together."""
+
+
+class ModelError(DnError):
+    """A model file that cannot be loaded or is not a generator dn knows."""
+
+
+class InputError(DnError):
+    """An input image that cannot be read."""
+
+
+class OutputError(DnError):
+    """An output that cannot or may not be written."""

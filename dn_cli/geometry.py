@@ -1,0 +1,113 @@
+"""Tile geometry: which slide pixels each tile covers and reads.
+
+All coordinates are level pixels of the image being translated; ``row, col`` are grid indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dn_cli.errors import GeometryError
+
+DEFAULT_MIN_MARGIN = 16
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in level pixels: ``[x, x + width) × [y, y + height)``."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A ``rows × cols`` grid of ``tile_size`` tiles over a ``width × height`` image.
+
+    Tile (row, col) covers ``[col*T, (col+1)*T) × [row*T, (row+1)*T)``; the model reads it grown
+    by ``margin`` on every side. The last row and column may run past the image edge.
+    """
+
+    width: int
+    height: int
+    tile_size: int
+    margin: int
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.tile_size)
+
+    @property
+    def cols(self) -> int:
+        return -(-self.width // self.tile_size)
+
+    @property
+    def padded_size(self) -> int:
+        """Side of the square the model sees: ``T + 2m``."""
+        return self.tile_size + 2 * self.margin
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def position(self, index: int) -> tuple[int, int]:
+        """(row, col) of the tile at raster ``index``."""
+        return divmod(index, self.cols)
+
+    def padded_box(self, row: int, col: int) -> Box:
+        """The region the model reads for a tile (may extend outside the image)."""
+        t, m = self.tile_size, self.margin
+        return Box(col * t - m, row * t - m, t + 2 * m, t + 2 * m)
+
+    def output_box(self, row: int, col: int) -> Box:
+        """The tile's own pixels, cropped to the image."""
+        t = self.tile_size
+        x, y = col * t, row * t
+        return Box(x, y, min(t, self.width - x), min(t, self.height - y))
+
+
+def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
+    """Indices ``start .. start+length`` folded into ``[0, size)`` by mirror reflection.
+
+    Reflection excludes the edge pixel (like ``numpy.pad(mode="reflect")``) and repeats as often
+    as needed, so any window over any image size is defined.
+    """
+    idx = np.arange(start, start + length)
+    if size == 1:
+        return np.zeros_like(idx)
+    period = 2 * (size - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= size, period - idx, idx)
+
+
+def check_geometry(tile_size: int, margin: int, stride: int) -> None:
+    """Refuse a tile size and margin the model or DN cannot use, naming valid values."""
+    if tile_size < 1 or margin < 0:
+        raise GeometryError(f"tile size must be positive and margin non-negative (got {tile_size}, {margin})")
+    if 2 * margin > tile_size:
+        raise GeometryError(
+            f"margin {margin} is more than half the tile size {tile_size}: "
+            f"use --margin {tile_size // 2} or less"
+        )
+    padded = tile_size + 2 * margin
+    if padded % stride:
+        margins = [m for m in range(0, tile_size // 2 + 1) if (tile_size + 2 * m) % stride == 0][:4]
+        tiles = [t for t in range(max(stride, tile_size - 2 * stride), tile_size + 2 * stride + 1)
+                 if (t + 2 * margin) % stride == 0 and t >= 2 * margin][:4]
+        hint = f"--margin {' / '.join(map(str, margins))}" if margins else "no margin fits this tile size"
+        raise GeometryError(
+            f"tile size {tile_size} + 2 × margin {margin} = {padded} is not a multiple of the model's "
+            f"total stride {stride}; valid: {hint}, or --tile-size {' / '.join(map(str, tiles))}"
+        )
+
+
+def default_margin(tile_size: int, stride: int) -> int:
+    """The smallest margin ≥ 16 that makes ``T + 2m`` a multiple of ``stride`` (DESIGN.md §2)."""
+    for margin in range(DEFAULT_MIN_MARGIN, DEFAULT_MIN_MARGIN + stride + 1):
+        if (tile_size + 2 * margin) % stride == 0:
+            return margin
+    # Odd padded sizes can never meet an even stride: let check_geometry explain.
+    return DEFAULT_MIN_MARGIN

@@ -1,0 +1,97 @@
+"""Where tile moments wait between collection and use.
+
+Moments of all norm layers of one tile are packed into one ``(2, C_total)`` vector (mean, inverse
+std), so storing and gathering a batch is one indexing operation whatever the model depth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dn_cli.dense_norm import Neighbourhood
+
+
+class MomentLayout:
+    """Packs and unpacks per-layer moments; ``channels[i]`` is layer i's channel count."""
+
+    def __init__(self, channels: list[int]) -> None:
+        self.channels = channels
+        self.total = sum(channels)
+
+    def pack(self, recorded: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """``{layer: (mean, inv_std)}`` each ``(B, C_i)`` → ``(B, 2, C_total)``."""
+        means = torch.cat([recorded[i][0] for i in range(len(self.channels))], dim=1)
+        inv_stds = torch.cat([recorded[i][1] for i in range(len(self.channels))], dim=1)
+        return torch.stack([means, inv_stds], dim=1)
+
+    def neighbourhood(self, packed: torch.Tensor, valid: torch.Tensor) -> Neighbourhood:
+        """``(B, 3, 3, 2, C_total)`` moments and ``(B, 3, 3)`` mask → per-layer views."""
+        return Neighbourhood(
+            means=list(torch.split(packed[..., 0, :], self.channels, dim=-1)),
+            inv_stds=list(torch.split(packed[..., 1, :], self.channels, dim=-1)),
+            valid=valid,
+        )
+
+
+class MomentRing:
+    """Moments of the last few tile rows, in a ring of ``slots`` rows on the compute device.
+
+    Memory is O(grid width). A row's slot is reused only once no tile still to be applied can
+    need it; the ring checks that on the host, without synchronising the device.
+    """
+
+    def __init__(self, layout: MomentLayout, rows: int, cols: int, slots: int, device: torch.device) -> None:
+        self.layout, self.rows, self.cols, self.slots = layout, rows, cols, slots
+        # One spare slot row and two spare columns stay invalid: neighbours outside the grid.
+        self._moments = torch.zeros(slots + 1, cols + 2, 2, layout.total, device=device)
+        self._valid = torch.zeros(slots + 1, cols + 2, device=device)
+        self._slot_row: list[int | None] = [None] * slots
+
+    def write(self, tiles: range, packed: torch.Tensor, oldest_needed_row: int) -> None:
+        """Store ``packed`` ``(B, 2, C_total)`` for raster ``tiles``."""
+        rows, cols = np.divmod(np.asarray(tiles), self.cols)
+        for row in np.unique(rows):
+            slot = row % self.slots
+            held = self._slot_row[slot]
+            if held != row:
+                if held is not None and held >= oldest_needed_row:
+                    raise RuntimeError(f"moment ring too small: row {row} would evict needed row {held}")
+                self._valid[slot] = 0
+                self._slot_row[slot] = int(row)
+        slot_idx = torch.as_tensor(rows % self.slots, device=packed.device)
+        col_idx = torch.as_tensor(cols + 1, device=packed.device)
+        self._moments[slot_idx, col_idx] = packed
+        self._valid[slot_idx, col_idx] = 1
+
+    def gather(self, tiles: range) -> Neighbourhood:
+        """The 3 × 3 neighbourhoods of raster ``tiles``."""
+        rows, cols = np.divmod(np.asarray(tiles), self.cols)
+        around = np.arange(-1, 2)
+        slot_idx = np.array([[self._slot_of(r) for r in row + around] for row in rows])
+        col_idx = cols[:, None] + 1 + around
+        device = self._moments.device
+        s = torch.as_tensor(slot_idx, device=device)[:, :, None]
+        c = torch.as_tensor(col_idx, device=device)[:, None, :]
+        return self.layout.neighbourhood(self._moments[s, c], self._valid[s, c])
+
+    def _slot_of(self, row: int) -> int:
+        if 0 <= row < self.rows and self._slot_row[row % self.slots] == row:
+            return row % self.slots
+        return self.slots
+
+
+class ThumbnailMoments:
+    """One set of moments for every tile (TIN): the thumbnail's, as the only valid neighbour."""
+
+    def __init__(self, layout: MomentLayout, packed: torch.Tensor) -> None:
+        self.layout = layout
+        self._packed = packed  # (1, 2, C_total)
+
+    def gather(self, tiles: range) -> Neighbourhood:
+        n = len(tiles)
+        packed = self._packed.new_zeros(n, 3, 3, 2, self.layout.total)
+        packed[:, 1, 1] = self._packed
+        valid = self._packed.new_zeros(n, 3, 3)
+        valid[:, 1, 1] = 1
+        return self.layout.neighbourhood(packed, valid)

@@ -1,0 +1,157 @@
+"""Translate an image tile by tile: read, collect moments, apply the generator, write.
+
+Joins a source, a converted generator and a sink; reports progress through a callback and
+never prints.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
+from dn_cli.device import autocast
+from dn_cli.geometry import Box, TileGrid, check_geometry, default_margin
+from dn_cli.models import Generator
+from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
+from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
+from dn_cli.sources import ImageSource, read_padded
+
+Policy = Literal["dn", "in", "kin", "tin"]
+POLICIES: tuple[Policy, ...] = ("dn", "in", "kin", "tin")
+
+
+class Sink(Protocol):
+    def write(self, box: Box, pixels: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TileRunner:
+    """A generator converted to DN on its device, run on batches of uint8 RGB tiles.
+
+    Args:
+        generator: the loaded generator (left unchanged; a converted copy is kept).
+        device: where the model runs.
+        dtype: autocast dtype, or None for float32.
+    """
+
+    def __init__(self, generator: Generator, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        self.context = NormContext()
+        module, layers = convert_instance_norm(copy.deepcopy(generator.module), self.context)
+        self.module = module.to(device).eval()
+        self.layout = MomentLayout([layer.num_features for layer in layers])
+        self.stride = generator.stride
+        self.device, self.dtype = device, dtype
+
+    def _forward(self, tiles: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(tiles)
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            return self.module(x)
+
+    def collect(self, tiles: np.ndarray) -> torch.Tensor:
+        """Per-tile moments of every norm layer, ``(B, 2, C_total)``, under patch-wise IN."""
+        self.context.mode, self.context.record = "plain", True
+        self.context.recorded.clear()
+        try:
+            self._forward(tiles)
+            return self.layout.pack(self.context.recorded)
+        finally:
+            self.context.record = False
+            self.context.recorded.clear()
+
+    def apply(self, tiles: np.ndarray, crop: int, size: int, neighbourhood: Neighbourhood | None) -> np.ndarray:
+        """Translate tiles and keep the central ``size`` square after ``crop`` pixels, as uint8 RGB.
+
+        With ``neighbourhood`` None each tile is normalised with its own moments (plain IN).
+        """
+        self.context.mode = "plain" if neighbourhood is None else "dense"
+        self.context.neighbourhood = neighbourhood
+        try:
+            y = self._forward(tiles)[:, :, crop : crop + size, crop : crop + size]
+        finally:
+            self.context.neighbourhood = None
+        y = ((y.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+        return y.permute(0, 2, 3, 1).cpu().numpy()
+
+    def thumbnail_moments(self, thumbnail: np.ndarray) -> torch.Tensor:
+        """Moments of a whole-image thumbnail (TIN), resized to a multiple of the model's stride."""
+        h, w = (max(self.stride, round(n / self.stride) * self.stride) for n in thumbnail.shape[:2])
+        x = torch.from_numpy(np.ascontiguousarray(thumbnail))[None].permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        tile = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return self.collect(tile)
+
+
+def translate(
+    source: ImageSource,
+    sink: Sink,
+    runner: TileRunner,
+    *,
+    policy: Policy = "dn",
+    tile_size: int = 512,
+    margin: int | None = None,
+    batch_size: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+    two_pass_oracle: bool = False,
+) -> TileGrid:
+    """Translate ``source`` into ``sink`` tile by tile with the given normalisation policy.
+
+    Args:
+        policy: ``dn`` dense moments, ``in`` per-tile, ``kin`` 3 × 3 mean, ``tin`` thumbnail.
+        margin: context read around each tile; None picks DESIGN.md's default for the model.
+        progress: called with (tiles done, tiles total) after each applied batch.
+        two_pass_oracle: collect every tile before applying any (the reference the single pass
+            must match; memory grows with the grid area).
+    """
+    if margin is None:
+        margin = default_margin(tile_size, runner.stride)
+    check_geometry(tile_size, margin, runner.stride)
+    grid = TileGrid(source.width, source.height, tile_size, margin)
+    context = runner.context
+    context.tile_size, context.margin = tile_size, margin
+    context.weighting = "flat" if policy == "kin" else "bilinear"
+
+    moments: MomentRing | ThumbnailMoments | None = None
+    if policy == "in" or runner.layout.total == 0:
+        steps = apply_only(grid.rows, grid.cols, batch_size)
+    elif policy == "tin":
+        steps = apply_only(grid.rows, grid.cols, batch_size)
+        moments = ThumbnailMoments(runner.layout, runner.thumbnail_moments(source.thumbnail(grid.padded_size)))
+    else:
+        steps = (two_pass if two_pass_oracle else single_pass)(grid.rows, grid.cols, batch_size)
+        slots = rows_in_flight(steps, grid.cols)
+        moments = MomentRing(runner.layout, grid.rows, grid.cols, slots, runner.device)
+
+    def read(tiles: range) -> list[np.ndarray]:
+        return [read_padded(source, grid.padded_box(*grid.position(i))) for i in tiles]
+
+    # Tiles read ahead for collection wait here until applied: each tile is read once.
+    pending: dict[int, np.ndarray] = {}
+    applied = 0
+    for step in steps:
+        if step.kind == "collect":
+            batch = read(step.tiles)
+            pending.update(zip(step.tiles, batch, strict=True))
+            oldest_needed_row = grid.position(applied)[0] - 1
+            moments.write(step.tiles, runner.collect(np.stack(batch)), oldest_needed_row)
+            continue
+        batch = [pending.pop(i) for i in step.tiles] if step.tiles[0] in pending else read(step.tiles)
+        neighbourhood = moments.gather(step.tiles) if moments is not None else None
+        out = runner.apply(np.stack(batch), margin, tile_size, neighbourhood)
+        for i, pixels in zip(step.tiles, out, strict=True):
+            box = grid.output_box(*grid.position(i))
+            sink.write(box, pixels[: box.height, : box.width])
+        applied = step.tiles.stop
+        if progress is not None:
+            progress(applied, len(grid))
+    sink.close()
+    return grid
