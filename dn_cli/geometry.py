@@ -89,19 +89,24 @@ def check_geometry(tile_size: int, margin: int, stride: int) -> None:
         raise GeometryError(f"tile size must be positive and margin non-negative (got {tile_size}, {margin})")
     if 2 * margin > tile_size:
         raise GeometryError(
-            f"margin {margin} is more than half the tile size {tile_size}: "
-            f"use --margin {tile_size // 2} or less"
+            f"margin {margin} is more than half the tile size {tile_size}: use --margin {tile_size // 2} or less"
         )
     padded = tile_size + 2 * margin
     if padded % stride:
-        margins = [m for m in range(0, tile_size // 2 + 1) if (tile_size + 2 * m) % stride == 0][:4]
-        tiles = [t for t in range(max(stride, tile_size - 2 * stride), tile_size + 2 * stride + 1)
-                 if (t + 2 * margin) % stride == 0 and t >= 2 * margin][:4]
+        margins = _nearest([m for m in range(tile_size // 2 + 1) if (tile_size + 2 * m) % stride == 0], margin)
+        tiles = _nearest(
+            [t for t in range(max(1, 2 * margin), tile_size + 4 * stride + 1) if (t + 2 * margin) % stride == 0],
+            tile_size,
+        )
         hint = f"--margin {' / '.join(map(str, margins))}" if margins else "no margin fits this tile size"
         raise GeometryError(
             f"tile size {tile_size} + 2 × margin {margin} = {padded} is not a multiple of the model's "
             f"total stride {stride}; valid: {hint}, or --tile-size {' / '.join(map(str, tiles))}"
         )
+
+
+def _nearest(values: list[int], target: int, count: int = 3) -> list[int]:
+    return sorted(sorted(values, key=lambda v: abs(v - target))[:count])
 
 
 def default_margin(tile_size: int, stride: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,20 +16,14 @@ import torch.nn.functional as F
 
 from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast
-from dn_cli.geometry import Box, TileGrid, check_geometry, default_margin
+from dn_cli.geometry import TileGrid, check_geometry, default_margin
+from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
 from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
-from dn_cli.sources import ImageSource, read_padded
 
 Policy = Literal["dn", "in", "kin", "tin"]
 POLICIES: tuple[Policy, ...] = ("dn", "in", "kin", "tin")
-
-
-class Sink(Protocol):
-    def write(self, box: Box, pixels: np.ndarray) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class TileRunner:
@@ -68,27 +62,37 @@ class TileRunner:
             self.context.record = False
             self.context.recorded.clear()
 
-    def apply(self, tiles: np.ndarray, crop: int, size: int, neighbourhood: Neighbourhood | None) -> np.ndarray:
-        """Translate tiles and keep the central ``size`` square after ``crop`` pixels, as uint8 RGB.
+    def forward(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None) -> torch.Tensor:
+        """The model's output in [-1, 1] for whole padded tiles.
 
         With ``neighbourhood`` None each tile is normalised with its own moments (plain IN).
         """
         self.context.mode = "plain" if neighbourhood is None else "dense"
         self.context.neighbourhood = neighbourhood
         try:
-            y = self._forward(tiles)[:, :, crop : crop + size, crop : crop + size]
+            return self._forward(tiles)
         finally:
             self.context.neighbourhood = None
+
+    def apply(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, crop: int, size: int) -> np.ndarray:
+        """Translate tiles; keep the central ``size`` square after ``crop`` pixels, as uint8 RGB."""
+        y = self.forward(tiles, neighbourhood)[:, :, crop : crop + size, crop : crop + size]
         y = ((y.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
         return y.permute(0, 2, 3, 1).cpu().numpy()
 
     def thumbnail_moments(self, thumbnail: np.ndarray) -> torch.Tensor:
-        """Moments of a whole-image thumbnail (TIN), resized to a multiple of the model's stride."""
-        h, w = (max(self.stride, round(n / self.stride) * self.stride) for n in thumbnail.shape[:2])
-        x = torch.from_numpy(np.ascontiguousarray(thumbnail))[None].permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        tile = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return self.collect(tile)
+        """Moments of a whole-image thumbnail (TIN), ``(1, 2, C_total)``."""
+        return self.collect(fit_to_stride(thumbnail, self.stride)[None])
+
+
+def fit_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
+    """Resize a uint8 RGB image so both sides are multiples of ``stride`` (at most half a stride off)."""
+    h, w = (max(stride, round(n / stride) * stride) for n in image.shape[:2])
+    if (h, w) == image.shape[:2]:
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def translate(
@@ -108,7 +112,7 @@ def translate(
     Args:
         policy: ``dn`` dense moments, ``in`` per-tile, ``kin`` 3 × 3 mean, ``tin`` thumbnail.
         margin: context read around each tile; None picks DESIGN.md's default for the model.
-        progress: called with (tiles done, tiles total) after each applied batch.
+        progress: called with (tiles done, tiles total) before the first and after each applied batch.
         two_pass_oracle: collect every tile before applying any (the reference the single pass
             must match; memory grows with the grid area).
     """
@@ -137,6 +141,8 @@ def translate(
     # Tiles read ahead for collection wait here until applied: each tile is read once.
     pending: dict[int, np.ndarray] = {}
     applied = 0
+    if progress is not None:
+        progress(0, len(grid))
     for step in steps:
         if step.kind == "collect":
             batch = read(step.tiles)
@@ -146,7 +152,7 @@ def translate(
             continue
         batch = [pending.pop(i) for i in step.tiles] if step.tiles[0] in pending else read(step.tiles)
         neighbourhood = moments.gather(step.tiles) if moments is not None else None
-        out = runner.apply(np.stack(batch), margin, tile_size, neighbourhood)
+        out = runner.apply(np.stack(batch), neighbourhood, margin, tile_size)
         for i, pixels in zip(step.tiles, out, strict=True):
             box = grid.output_box(*grid.position(i))
             sink.write(box, pixels[: box.height, : box.width])

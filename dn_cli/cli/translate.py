@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from dn_cli.cli.options import debug_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
-from dn_cli.image_io import ImageFile, ImageSink, check_output
+from dn_cli.image_io import ImageFileSink, check_output, open_image
 from dn_cli.models import load_generator
 from dn_cli.pipeline import POLICIES, TileRunner
 from dn_cli.pipeline import translate as run_translation
@@ -17,34 +17,66 @@ from dn_cli.pipeline import translate as run_translation
 
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Output image; the format follows the extension (.png, .jpg, .tif).")
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
-              help="Generator checkpoint (state dict).")
-@click.option("--norm", "policy", type=click.Choice(POLICIES), default="dn", show_default=True,
-              help="Normalisation: dn dense, in per tile, kin 3×3 kernel, tin thumbnail.")
-@click.option("--tile-size", type=click.IntRange(min=8), default=512, show_default=True,
-              help="Tile side in pixels.")
-@click.option("--margin", type=click.IntRange(min=0), default=None,
-              help="Context read around each tile [default: smallest ≥ 16 the model accepts].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Tiles per forward pass.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output image; the format follows the extension (.png, .jpg, .tif).",
+)
+@click.option(
+    "--model", "model_path", type=click.Path(path_type=Path), required=True, help="Generator checkpoint (state dict)."
+)
+@click.option(
+    "--norm",
+    "policy",
+    type=click.Choice(POLICIES),
+    default="dn",
+    show_default=True,
+    help="Normalisation: dn dense, in per tile, kin 3×3 kernel, tin thumbnail.",
+)
+@click.option("--tile-size", type=click.IntRange(min=8), default=512, show_default=True, help="Tile side in pixels.")
+@click.option(
+    "--margin",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Context read around each tile [default: smallest ≥ 16 the model accepts].",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="Model precision on the device (statistics stay float32); auto is fp16 on CUDA.")
-@click.option("--tissue/--no-tissue", default=None,
-              help="Skip background tiles (whole-slide images; off for ordinary images).")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="Model precision on the device (statistics stay float32); auto is fp16 on CUDA.",
+)
+@click.option(
+    "--tissue/--no-tissue", default=None, help="Skip background tiles (whole-slide images; off for ordinary images)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @debug_option
-def translate(*, input_path: Path, output: Path, model_path: Path, policy: str, tile_size: int,
-              margin: int | None, batch_size: int, device: str, precision: str, tissue: bool | None,
-              overwrite: bool, quiet: bool) -> None:
+def translate(
+    *,
+    input_path: Path,
+    output: Path,
+    model_path: Path,
+    policy: str,
+    tile_size: int,
+    margin: int | None,
+    batch_size: int,
+    device: str,
+    precision: str,
+    tissue: bool | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Translate INPUT with a generator, tile by tile, without tiling artifacts."""
     check_output(output, overwrite)
     torch_device = select_device(device)
     dtype = autocast_dtype(precision, torch_device)
-    source = ImageFile(input_path)
+    source = open_image(input_path)
     generator = load_generator(model_path)
     if tissue:
         click.echo("dn: warning: tissue detection applies to whole-slide images; translating every tile", err=True)
@@ -58,8 +90,16 @@ def translate(*, input_path: Path, output: Path, model_path: Path, policy: str, 
         bar.update(done - bar.n)
 
     try:
-        run_translation(source, ImageSink(output, source.width, source.height), runner, policy=policy,
-                        tile_size=tile_size, margin=margin, batch_size=batch_size, progress=progress)
+        run_translation(
+            source,
+            ImageFileSink(output, source.width, source.height),
+            runner,
+            policy=policy,
+            tile_size=tile_size,
+            margin=margin,
+            batch_size=batch_size,
+            progress=progress,
+        )
     finally:
         if bar is not None:
             bar.close()

@@ -51,7 +51,9 @@ def _detect_cyclegan_resnet(sd: StateDict) -> dict | None:
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
     if not blocks:
         return None
-    convs = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"model\.(\d+)\.weight", k)))
+    convs = sorted(
+        int(m.group(1)) for k, v in sd.items() if v.ndim == 4 and (m := re.fullmatch(r"model\.(\d+)\.weight", k))
+    )
     return {
         "input_nc": stem.shape[1],
         "output_nc": sd[f"model.{convs[-1]}.weight"].shape[0],
@@ -73,8 +75,10 @@ def _read_state_dict(path: Path) -> StateDict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for foreign or truncated files
         if "Unsupported global" in str(e):
-            raise ModelError(f"{path} holds pickled Python objects (a whole model?), not a state dict; "
-                             "dn does not run code from model files") from e
+            raise ModelError(
+                f"{path} holds pickled Python objects (a whole model?), not a state dict; "
+                "dn does not run code from model files"
+            ) from e
         raise ModelError(f"cannot read {path}: not a PyTorch checkpoint, or truncated") from e
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path} does not hold a state dict of tensors")
@@ -82,17 +86,25 @@ def _read_state_dict(path: Path) -> StateDict:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _list(keys: list[str], limit: int = 5) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
 def build_generator(family: Family, params: dict, sd: StateDict, source: str) -> Generator:
-    """Build ``family`` with ``params`` and load ``sd`` strictly."""
+    """Build ``family`` with ``params`` and load ``sd`` strictly, naming every key that does not fit."""
     module = family.build(**params)
-    result = module.load_state_dict(sd, strict=False)
+    expected = module.state_dict()
     problems = []
-    if result.missing_keys:
-        problems.append(f"missing keys {', '.join(result.missing_keys[:5])}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected keys {', '.join(result.unexpected_keys[:5])}")
+    if missing := [k for k in expected if k not in sd]:
+        problems.append(f"missing keys {_list(missing)}")
+    if unexpected := [k for k in sd if k not in expected]:
+        problems.append(f"unexpected keys {_list(unexpected)}")
+    if mismatched := [k for k in expected if k in sd and sd[k].shape != expected[k].shape]:
+        problems.append(f"wrong shapes for {_list(mismatched)}")
     if problems:
         raise ModelError(f"{source} does not match {family.name} {params}: {'; '.join(problems)}")
+    module.load_state_dict(sd, strict=True)
     module.eval().requires_grad_(False)
     return Generator(module, family.name, params, getattr(module, "stride", 1))
 
@@ -103,9 +115,6 @@ def load_generator(path: Path) -> Generator:
     for family in FAMILIES:
         params = family.detect(sd)
         if params is not None:
-            try:
-                return build_generator(family, params, sd, str(path))
-            except RuntimeError as e:  # shape mismatches from load_state_dict
-                raise ModelError(f"{path} does not match {family.name}: {str(e).splitlines()[-1].strip()}") from e
+            return build_generator(family, params, sd, str(path))
     names = ", ".join(f.name for f in FAMILIES)
     raise ModelError(f"{path} is not a generator of a known family ({names})")

@@ -16,7 +16,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, dim: int, use_dropout: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, 3),
+            nn.InstanceNorm2d(dim),
+            nn.ReLU(True),
         ]
         if use_dropout:
             layers.append(nn.Dropout(0.5))
@@ -39,12 +42,22 @@ class ResnetGenerator(nn.Module):
         use_dropout: dropout inside the residual blocks (CycleGAN ``--no_dropout`` off).
     """
 
-    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 n_downsampling: int = 2, use_dropout: bool = False) -> None:
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        n_downsampling: int = 2,
+        use_dropout: bool = False,
+    ) -> None:
         super().__init__()
         self.stride = 2**n_downsampling
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, 7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(True),
         ]
         for i in range(n_downsampling):
             ch = ngf * 2**i

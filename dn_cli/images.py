@@ -1,0 +1,97 @@
+"""Images as the pipeline sees them: sources read by region, sinks written tile by tile.
+
+Pure numpy; file formats live in ``image_io`` (and, for slides, their own reader module).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from dn_cli.geometry import Box, reflect_indices
+
+
+class ImageSource(Protocol):
+    """An RGB image readable by region, in level pixels."""
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    def read(self, box: Box) -> np.ndarray:
+        """``(height, width, 3)`` uint8 pixels of a box that lies inside the image."""
+        ...
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        """The whole image shrunk so its longer side is at most ``max_side``, as uint8 RGB."""
+        ...
+
+
+class Sink(Protocol):
+    """Where output tiles go, in raster order; ``close`` completes the output."""
+
+    def write(self, box: Box, pixels: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def read_padded(source: ImageSource, box: Box) -> np.ndarray:
+    """Read ``box`` from ``source``; only pixels outside the image are filled by reflection.
+
+    Reads the smallest in-image window that holds every reflected index, then gathers from it.
+    """
+    ys = reflect_indices(box.y, box.height, source.height)
+    xs = reflect_indices(box.x, box.width, source.width)
+    y0, x0 = int(ys.min()), int(xs.min())
+    window = source.read(Box(x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1))
+    if window.shape[:2] == (box.height, box.width) and (x0, y0) == (box.x, box.y):
+        return window
+    return window[np.ix_(ys - y0, xs - x0)]
+
+
+class ArrayImage:
+    """An RGB image held in memory as a ``(height, width, 3)`` uint8 array."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
+        self.pixels = pixels
+
+    def __repr__(self) -> str:
+        return f"ArrayImage({self.width}×{self.height})"
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    def read(self, box: Box) -> np.ndarray:
+        return self.pixels[box.y : box.y + box.height, box.x : box.x + box.width]
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        """Area-average by the smallest integer factor that fits ``max_side``."""
+        factor = -(-max(self.width, self.height) // max_side)
+        if factor == 1:
+            return self.pixels
+        h, w = self.height // factor * factor, self.width // factor * factor
+        blocks = self.pixels[:h, :w].reshape(h // factor, factor, w // factor, factor, 3)
+        return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+class Canvas:
+    """A sink that assembles the output in memory (ordinary images only)."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.pixels = np.zeros((height, width, 3), np.uint8)
+
+    def write(self, box: Box, pixels: np.ndarray) -> None:
+        self.pixels[box.y : box.y + box.height, box.x : box.x + box.width] = pixels
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,165 @@
+"""The DN layer, its interpolation and the converter, against plain and slow references."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dn_cli.dense_norm import DenseNorm2d, NormContext, axis_weights, convert_instance_norm, dense_moments
+from dn_cli.moments import MomentLayout, MomentRing
+from dn_cli.pipeline import TileRunner
+
+from .conftest import make_generator
+
+T, M = 64, 16  # tile size and margin used throughout: padded tiles are 96 pixels
+
+
+def moment_ring(values: torch.Tensor, valid: torch.Tensor) -> MomentRing:
+    """A ring holding a whole ``(rows, cols, C)`` grid of means (inverse stds = means + 2)."""
+    rows, cols, channels = values.shape
+    ring = MomentRing(MomentLayout([channels]), rows, cols, slots=rows, device=torch.device("cpu"))
+    packed = torch.stack([values, values + 2], dim=2).reshape(rows * cols, 2, channels)
+    ring.write(range(rows * cols), packed, oldest_needed_row=-1)
+    ring._valid[:rows, 1 : cols + 1] = valid.float()
+    return ring
+
+
+def field_for_tile(ring: MomentRing, row: int, col: int, n: int, weighting="bilinear") -> torch.Tensor:
+    nb = ring.gather(range(row * ring.cols + col, row * ring.cols + col + 1))
+    wy = wx = axis_weights(n, T, M, weighting).float()
+    means, _ = dense_moments(nb.means[0], nb.inv_stds[0], nb.valid, wy, wx)
+    return means[0]  # (C, n, n)
+
+
+def reference_field(values, valid, row, col, n):
+    """Slow, obvious DESIGN.md §4: bilinear blend in global slide coordinates, masked, renormalised."""
+    rows, cols, channels = values.shape
+    stride = (T + 2 * M) / n
+    out = torch.zeros(channels, n, n, dtype=torch.float64)
+    for ky in range(n):
+        for kx in range(n):
+            y = row * T - M + (ky + 0.5) * stride
+            x = col * T - M + (kx + 0.5) * stride
+            v, u = (y - T / 2) / T, (x - T / 2) / T
+            i0, j0 = math.floor(v), math.floor(u)
+            acc, total = torch.zeros(channels, dtype=torch.float64), 0.0
+            for i, wi in ((i0, 1 - (v - i0)), (i0 + 1, v - i0)):
+                for j, wj in ((j0, 1 - (u - j0)), (j0 + 1, u - j0)):
+                    if 0 <= i < rows and 0 <= j < cols and valid[i, j] and wi * wj > 0:
+                        acc += wi * wj * values[i, j].double()
+                        total += wi * wj
+            out[:, ky, kx] = acc / total
+    return out
+
+
+@pytest.mark.parametrize("n", [96, 48, 24])  # feature maps at stride 1, 2, 4
+def test_vectorised_interpolation_equals_per_pixel_reference(n):
+    torch.manual_seed(n)
+    values = torch.randn(4, 5, 3)
+    valid = torch.rand(4, 5) > 0.3
+    tiles = [(r, c) for r in range(4) for c in range(5) if valid[r, c]]
+    ring = moment_ring(values, valid)
+    for row, col in tiles:
+        torch.testing.assert_close(
+            field_for_tile(ring, row, col, n).double(),
+            reference_field(values, valid, row, col, n),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_field_is_continuous_across_seams():
+    torch.manual_seed(1)
+    values = torch.randn(2, 3, 4)
+    ring = moment_ring(values, torch.ones(2, 3, dtype=torch.bool))
+    left, right = field_for_tile(ring, 0, 0, 96), field_for_tile(ring, 0, 1, 96)
+    # Where two padded tiles overlap they see the same slide pixels: the fields must agree exactly.
+    torch.testing.assert_close(left[:, :, T : T + 2 * M], right[:, :, 0 : 2 * M], atol=1e-6, rtol=0)
+    # The jump across the seam (last output pixel of one tile to the first of the next)
+    # is no bigger than the field's ordinary per-pixel slope.
+    jump = (right[:, :, M] - left[:, :, M + T - 1]).abs().max()
+    slope = left[:, :, M : M + T].diff(dim=2).abs().max()
+    assert jump <= slope + 1e-6
+
+
+def test_missing_neighbours_are_masked_and_weights_renormalised():
+    values = torch.zeros(3, 3, 1)
+    values[1, 1] = 5.0
+    values[1, 2] = 100.0  # skipped tile: must not leak into its neighbour
+    valid = torch.ones(3, 3, dtype=torch.bool)
+    valid[1, 2] = False
+    field = field_for_tile(moment_ring(values, valid), 1, 1, 96)
+    assert field.max() <= 5 + 1e-5  # the blend of 0s and the tile's own 5, nothing of the 100
+    # The border of a 1 × 1 grid reduces to replicate padding: the tile's own moments everywhere.
+    alone = moment_ring(torch.full((1, 1, 2), 3.0), torch.ones(1, 1, dtype=torch.bool))
+    torch.testing.assert_close(field_for_tile(alone, 0, 0, 48), torch.full((2, 48, 48), 3.0))
+
+
+def test_kin_weighting_is_the_mean_of_valid_neighbours_constant_over_the_tile():
+    torch.manual_seed(2)
+    values = torch.randn(3, 4, 2)
+    valid = torch.ones(3, 4, dtype=torch.bool)
+    valid[0, 0] = False
+    field = field_for_tile(moment_ring(values, valid), 1, 1, 24, weighting="flat")
+    expected = values[0:3, 0:3][valid[0:3, 0:3]].mean(dim=0)
+    torch.testing.assert_close(field, expected[:, None, None].expand(2, 24, 24))
+
+
+def test_bilinear_axis_weights_are_a_partition_of_unity():
+    for n in (96, 48, 24):
+        w = axis_weights(n, T, M, "bilinear")
+        torch.testing.assert_close(w.sum(0), torch.ones(n, dtype=torch.float64))
+        assert (w[1] > 0).all()  # the tile itself always contributes
+
+
+def test_converter_swaps_every_instance_norm_at_known_paths():
+    module = make_generator(n_blocks=3).module
+    converted, layers = convert_instance_norm(module, NormContext())
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in converted.modules())
+    assert isinstance(converted.model[2], DenseNorm2d)
+    assert isinstance(converted.model[10].conv_block[2], DenseNorm2d)
+    assert isinstance(converted.model[10].conv_block[6], DenseNorm2d)
+    assert len(layers) == 1 + 2 + 2 * 3 + 2
+    assert [layer.index for layer in layers] == list(range(len(layers)))
+    assert [layer.num_features for layer in layers][:3] == [8, 16, 32]
+
+
+def test_converter_keeps_eps_and_affine_parameters():
+    torch.manual_seed(3)
+    norm = nn.InstanceNorm2d(4, eps=1e-3, affine=True)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    original = nn.Sequential(nn.Conv2d(3, 4, 3), norm)
+    converted, (layer,) = convert_instance_norm(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, eps=1e-3, affine=True)), NormContext()
+    )
+    converted.load_state_dict(original.state_dict())
+    assert layer.eps == 1e-3
+    x = torch.randn(2, 3, 20, 20)
+    torch.testing.assert_close(converted(x), original(x), atol=1e-5, rtol=1e-5)
+
+
+def test_one_tile_grid_equals_the_original_model(generator, tissue):
+    runner = TileRunner(generator, torch.device("cpu"))
+    runner.context.tile_size, runner.context.margin = T, M
+    tile = np.ascontiguousarray(tissue[:96, :96])[None]
+    ring = MomentRing(runner.layout, rows=1, cols=1, slots=1, device=torch.device("cpu"))
+    ring.write(range(1), runner.collect(tile), oldest_needed_row=-1)
+    dense = runner.forward(tile, ring.gather(range(1)))
+    x = torch.from_numpy(tile).permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(dense, generator.module(x), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(runner.forward(tile, None), generator.module(x), atol=1e-5, rtol=1e-4)
+
+
+def test_statistics_stay_float32_under_reduced_precision():
+    context = NormContext()
+    layer = DenseNorm2d(3, 1e-5, context, index=0)
+    context.record = True
+    x = (torch.randn(1, 3, 16, 16) * 300).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert context.recorded[0][0].dtype == torch.float32
+    torch.testing.assert_close(y.float(), nn.functional.instance_norm(x.float()), atol=0.05, rtol=0.02)

@@ -1,0 +1,138 @@
+"""The whole tile pipeline on a real tissue image with a real generator."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dn_cli.errors import GeometryError
+from dn_cli.geometry import TileGrid
+from dn_cli.images import ArrayImage, Canvas, read_padded
+from dn_cli.metrics import seam_score
+from dn_cli.moments import MomentLayout, MomentRing
+from dn_cli.pipeline import TileRunner, fit_to_stride, translate
+
+from .conftest import make_generator
+
+CPU = torch.device("cpu")
+
+
+def run(image, runner, **options):
+    canvas = Canvas(image.shape[1], image.shape[0])
+    translate(ArrayImage(image), canvas, runner, **options)
+    return canvas.pixels
+
+
+def to_uint8(y: torch.Tensor) -> np.ndarray:
+    return ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return TileRunner(make_generator(), CPU)
+
+
+@pytest.fixture(scope="module")
+def ragged(tissue):
+    """300 × 350: a 5 × 6 grid of 64-pixel tiles with a ragged last row and column."""
+    return np.ascontiguousarray(tissue[:300, :350])
+
+
+@pytest.mark.parametrize("policy", ["dn", "kin"])
+def test_single_pass_equals_two_pass_oracle(runner, ragged, policy):
+    options = {"policy": policy, "tile_size": 64, "margin": 16, "batch_size": 4}
+    single = run(ragged, runner, **options)
+    oracle = run(ragged, runner, **options, two_pass_oracle=True)
+    np.testing.assert_array_equal(single, oracle)
+    assert single.shape == ragged.shape
+
+
+def test_in_policy_equals_the_plain_model_per_tile(runner, ragged):
+    out = run(ragged, runner, policy="in", tile_size=64, margin=16, batch_size=3)
+    grid = TileGrid(350, 300, 64, 16)
+    module = make_generator().module
+    for index in range(len(grid)):
+        row, col = grid.position(index)
+        tile = read_padded(ArrayImage(ragged), grid.padded_box(row, col))
+        with torch.no_grad():
+            y = module(torch.from_numpy(np.ascontiguousarray(tile))[None].permute(0, 3, 1, 2).float() / 127.5 - 1)
+        box = grid.output_box(row, col)
+        expected = to_uint8(y)[0, 16 : 16 + box.height, 16 : 16 + box.width]
+        got = out[box.y : box.y + box.height, box.x : box.x + box.width]
+        diff = np.abs(got.astype(int) - expected)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float rounding at .5 only
+
+
+def fixed_moments_model(module: nn.Module, moments: list[tuple[torch.Tensor, torch.Tensor]]) -> list:
+    """Hooks that make every InstanceNorm of ``module`` use given (mean, var): an independent oracle."""
+    norms = [m for m in module.modules() if isinstance(m, nn.InstanceNorm2d)]
+
+    def hook(norm, mean, var):
+        return lambda _m, inputs, _out: (
+            (inputs[0] - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + norm.eps)
+        )
+
+    return [n.register_forward_hook(hook(n, mean, var)) for n, (mean, var) in zip(norms, moments, strict=True)]
+
+
+def test_tin_normalises_every_tile_with_the_thumbnail_moments(runner, ragged):
+    out = run(ragged, runner, policy="tin", tile_size=64, margin=16)
+    module = make_generator().module
+    # Oracle: the original model's IN moments measured on the same thumbnail, frozen by hooks.
+    thumb = fit_to_stride(ArrayImage(ragged).thumbnail(96), 4)
+    moments = []
+    hooks = [
+        n.register_forward_hook(lambda _m, i, _o: moments.append(torch.var_mean(i[0], (2, 3), correction=0)[::-1]))
+        for n in module.modules()
+        if isinstance(n, nn.InstanceNorm2d)
+    ]
+    with torch.no_grad():
+        module(torch.from_numpy(thumb)[None].permute(0, 3, 1, 2).float() / 127.5 - 1)
+    for h in hooks:
+        h.remove()
+    hooks = fixed_moments_model(module, [(m[0], v[0]) for m, v in moments])
+    grid = TileGrid(350, 300, 64, 16)
+    for row, col in [(0, 0), (2, 3), (4, 5)]:
+        tile = read_padded(ArrayImage(ragged), grid.padded_box(row, col))
+        with torch.no_grad():
+            y = module(torch.from_numpy(np.ascontiguousarray(tile))[None].permute(0, 3, 1, 2).float() / 127.5 - 1)
+        box = grid.output_box(row, col)
+        expected = to_uint8(y)[0, 16 : 16 + box.height, 16 : 16 + box.width]
+        diff = np.abs(out[box.y : box.y + box.height, box.x : box.x + box.width].astype(int) - expected)
+        assert diff.max() <= 1
+    for h in hooks:
+        h.remove()
+
+
+def test_dn_has_the_faintest_seams_on_real_tissue(runner, tissue):
+    # Real tissue, tile 64 (an 8 × 8 grid): every smoothing policy must beat plain per-tile IN,
+    # and DN (continuous by construction) must be the smoothest of the tiled ones.
+    scores = {p: seam_score(run(tissue, runner, policy=p, tile_size=64), 64) for p in ("in", "kin", "dn")}
+    assert scores["dn"] < scores["kin"] < scores["in"]
+    assert scores["dn"] < 1.1
+
+
+def test_moment_ring_refuses_to_evict_a_row_still_needed():
+    ring = MomentRing(MomentLayout([2]), rows=5, cols=2, slots=2, device=CPU)
+    ring.write(range(0, 2), torch.zeros(2, 2, 2), oldest_needed_row=0)
+    ring.write(range(2, 4), torch.zeros(2, 2, 2), oldest_needed_row=0)
+    with pytest.raises(RuntimeError, match="too small"):
+        ring.write(range(4, 6), torch.zeros(2, 2, 2), oldest_needed_row=0)
+
+
+def test_a_model_without_instance_norm_runs_unchanged(tissue):
+    class Plain(nn.Module):
+        def forward(self, x):
+            return torch.tanh(x)
+
+    from dn_cli.models import Generator
+
+    runner = TileRunner(Generator(Plain(), "plain", {}, 1), CPU)
+    out = run(tissue[:100, :100].copy(), runner, policy="dn", tile_size=32)
+    expected = to_uint8(torch.tanh(torch.from_numpy(tissue[:100, :100].copy())[None].permute(0, 3, 1, 2) / 127.5 - 1))
+    np.testing.assert_array_equal(out, expected[0])
+
+
+def test_geometry_is_checked_before_any_work(runner, ragged):
+    with pytest.raises(GeometryError):
+        run(ragged, runner, tile_size=63, margin=16)
