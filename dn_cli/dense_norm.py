@@ -21,14 +21,15 @@ Weighting = Literal["bilinear", "flat"]
 class Neighbourhood:
     """Moments of the 3 × 3 tiles around each batch item, per layer.
 
-    ``means[i]`` and ``inv_stds[i]`` are ``(B, 3, 3, C_i)`` for layer ``i``; ``valid`` is
-    ``(B, 3, 3)``, 0 where a neighbour is outside the grid or was skipped. Index ``[1, 1]`` is the
-    tile itself, ``[0, 0]`` its upper-left neighbour.
+    ``moments[i]`` is ``(B, 3, 3, 2, C_i)`` for layer ``i`` (mean, inverse std); ``valid`` is
+    ``(B, 3, 3)``, 0 where a neighbour is outside the grid or was skipped, and ``complete`` says
+    (without a device sync) that every neighbour is valid. Index ``[1, 1]`` is the tile itself,
+    ``[0, 0]`` its upper-left neighbour.
     """
 
-    means: list[torch.Tensor]
-    inv_stds: list[torch.Tensor]
+    moments: list[torch.Tensor]
     valid: torch.Tensor
+    complete: bool
 
 
 @dataclass
@@ -58,9 +59,10 @@ def axis_weights(n: int, tile_size: int, margin: int, weighting: Weighting) -> t
     Feature pixel k of a padded tile sits at ``-m + (k + 0.5) * s`` from the tile's origin, with
     ``s = (T + 2m) / n``; its fractional grid coordinate relative to the tile is
     ``u = (x - T/2) / T`` and a neighbour at offset d gets the bilinear hat ``max(0, 1 - |u - d|)``.
+    Both weightings sum to 1 over a complete neighbourhood (flat: 1/3 per axis).
     """
     if weighting == "flat":
-        return torch.ones(3, n, dtype=torch.float64)
+        return torch.full((3, n), 1 / 3, dtype=torch.float64)
     stride = (tile_size + 2 * margin) / n
     x = -margin + (torch.arange(n, dtype=torch.float64) + 0.5) * stride
     u = (x - tile_size / 2) / tile_size
@@ -68,21 +70,25 @@ def axis_weights(n: int, tile_size: int, margin: int, weighting: Weighting) -> t
     return (1 - (u[None, :] - offsets).abs()).clamp(min=0)
 
 
-def dense_moments(
-    means: torch.Tensor, inv_stds: torch.Tensor, valid: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel mean and inverse std ``(B, C, h, w)`` blended from a ``(B, 3, 3, C)`` neighbourhood.
+def dense_fields(
+    moments: torch.Tensor, valid: torch.Tensor, complete: bool, wy_t: torch.Tensor, wx: torch.Tensor
+) -> torch.Tensor:
+    """Per-pixel moments ``(2, B, C, h, w)`` (mean, inverse std) blended from a neighbourhood.
 
-    The blend is separable (``wy`` is ``(3, h)``, ``wx`` is ``(3, w)``); masked neighbours drop out
-    and the remaining weights are renormalised, which needs one more channel: the blended mask.
+    Args:
+        moments: ``(B, 3, 3, 2, C)`` neighbourhood moments.
+        valid: ``(B, 3, 3)`` neighbour mask; masked neighbours drop out and the remaining
+            weights are renormalised (skipped when ``complete``: the weights already sum to 1).
+        wy_t: ``(h, 3)`` row weights (transposed), ``wx``: ``(3, w)`` column weights.
     """
-    channels = means.shape[-1]
-    v = valid[..., None]
-    stacked = torch.cat([means * v, inv_stds * v, v], dim=-1)  # (B, 3a, 3b, 2C+1)
-    along_x = torch.einsum("nabk,bx->nakx", stacked, wx)
-    field_ = torch.einsum("nakx,ay->nkyx", along_x, wy)
-    total = field_[:, -1:]
-    return field_[:, :channels] / total, field_[:, channels : 2 * channels] / total
+    if not complete:
+        moments = moments * valid[..., None, None]
+    along_x = torch.einsum("nabmc,bx->mncax", moments, wx)  # (2, B, C, 3, w): small
+    fields = torch.matmul(wy_t, along_x)  # the only full-size write
+    if not complete:
+        total = torch.matmul(wy_t, torch.einsum("nab,bx->nax", valid, wx))  # (B, h, w)
+        fields /= total[None, :, None]
+    return fields
 
 
 class DenseNorm2d(nn.Module):
@@ -109,32 +115,40 @@ class DenseNorm2d(nn.Module):
         # Moments and normalisation in float32 even under fp16/bf16 autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):
             x32 = x.float()
-            if self.context.mode == "plain":
-                var, mean = torch.var_mean(x32, dim=(2, 3), keepdim=True, correction=0)
-                inv_std = torch.rsqrt(var + self.eps)
-                if self.context.record:
-                    self.context.recorded[self.index] = (mean.flatten(1), inv_std.flatten(1))
-            else:
-                mean, inv_std = self._dense(x32)
-            y = (x32 - mean) * inv_std
-            if self.weight is not None:
-                y = y * self.weight.float()[None, :, None, None] + self.bias.float()[None, :, None, None]
+            y = self._plain(x32) if self.context.mode == "plain" else self._dense(x32)
         return y.to(x.dtype)
 
-    def _dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        # Instance norm is batch norm over a (1, B*C, h, w) view: one fused kernel that also
+        # returns the mean and inverse std (biased variance, this layer's eps).
+        b, c, h, w = x.shape
+        weight = None if self.weight is None else self.weight.float().repeat(b)
+        bias = None if self.bias is None else self.bias.float().repeat(b)
+        y, mean, inv_std = torch.native_batch_norm(
+            x.reshape(1, b * c, h, w), weight, bias, None, None, True, 0.0, self.eps
+        )
+        if self.context.record:
+            self.context.recorded[self.index] = (mean.view(b, c), inv_std.view(b, c))
+        return y.view(b, c, h, w)
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
         nb = self.context.neighbourhood
         if nb is None:
             raise RuntimeError("DenseNorm2d in dense mode without a neighbourhood")
-        wy, wx = self._axis_weights(x.shape[2], x.shape[3], x.device)
-        return dense_moments(nb.means[self.index], nb.inv_stds[self.index], nb.valid, wy, wx)
+        wy_t, wx = self._axis_weights(x.shape[2], x.shape[3], x.device)
+        fields = dense_fields(nb.moments[self.index], nb.valid, nb.complete, wy_t, wx)
+        y = torch.sub(x, fields[0], out=fields[0])  # in place: these tensors are the largest here
+        y.mul_(fields[1])
+        if self.weight is not None:
+            y.mul_(self.weight.float()[:, None, None]).add_(self.bias.float()[:, None, None])
+        return y
 
     def _axis_weights(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.context
         key = (h, w, c.tile_size, c.margin, c.weighting, device)
         if key not in self._weights_cache:
-            self._weights_cache[key] = tuple(
-                axis_weights(n, c.tile_size, c.margin, c.weighting).to(device, torch.float32) for n in (h, w)
-            )
+            wy, wx = (axis_weights(n, c.tile_size, c.margin, c.weighting).to(device, torch.float32) for n in (h, w))
+            self._weights_cache[key] = (wy.T.contiguous(), wx)
         return self._weights_cache[key]
 
 

@@ -25,13 +25,9 @@ class MomentLayout:
         inv_stds = torch.cat([recorded[i][1] for i in range(len(self.channels))], dim=1)
         return torch.stack([means, inv_stds], dim=1)
 
-    def neighbourhood(self, packed: torch.Tensor, valid: torch.Tensor) -> Neighbourhood:
-        """``(B, 3, 3, 2, C_total)`` moments and ``(B, 3, 3)`` mask → per-layer views."""
-        return Neighbourhood(
-            means=list(torch.split(packed[..., 0, :], self.channels, dim=-1)),
-            inv_stds=list(torch.split(packed[..., 1, :], self.channels, dim=-1)),
-            valid=valid,
-        )
+    def neighbourhood(self, packed: torch.Tensor, valid: torch.Tensor, complete: bool) -> Neighbourhood:
+        """``(B, 3, 3, 2, C_total)`` moments and their ``(B, 3, 3)`` mask → per-layer views."""
+        return Neighbourhood(list(torch.split(packed, self.channels, dim=-1)), valid, complete)
 
 
 class MomentRing:
@@ -45,7 +41,7 @@ class MomentRing:
         self.layout, self.rows, self.cols, self.slots = layout, rows, cols, slots
         # One spare slot row and two spare columns stay invalid: neighbours outside the grid.
         self._moments = torch.zeros(slots + 1, cols + 2, 2, layout.total, device=device)
-        self._valid = torch.zeros(slots + 1, cols + 2, device=device)
+        self._written = np.zeros((slots + 1, cols + 2), bool)  # on the host: no device sync
         self._slot_row: list[int | None] = [None] * slots
 
     def write(self, tiles: range, packed: torch.Tensor, oldest_needed_row: int) -> None:
@@ -57,12 +53,12 @@ class MomentRing:
             if held != row:
                 if held is not None and held >= oldest_needed_row:
                     raise RuntimeError(f"moment ring too small: row {row} would evict needed row {held}")
-                self._valid[slot] = 0
+                self._written[slot] = False
                 self._slot_row[slot] = int(row)
         slot_idx = torch.as_tensor(rows % self.slots, device=packed.device)
         col_idx = torch.as_tensor(cols + 1, device=packed.device)
         self._moments[slot_idx, col_idx] = packed
-        self._valid[slot_idx, col_idx] = 1
+        self._written[rows % self.slots, cols + 1] = True
 
     def gather(self, tiles: range) -> Neighbourhood:
         """The 3 × 3 neighbourhoods of raster ``tiles``."""
@@ -73,7 +69,9 @@ class MomentRing:
         device = self._moments.device
         s = torch.as_tensor(slot_idx, device=device)[:, :, None]
         c = torch.as_tensor(col_idx, device=device)[:, None, :]
-        return self.layout.neighbourhood(self._moments[s, c], self._valid[s, c])
+        written = self._written[slot_idx[:, :, None], col_idx[:, None, :]]
+        valid = torch.as_tensor(written, dtype=torch.float32).to(device, non_blocking=True)
+        return self.layout.neighbourhood(self._moments[s, c], valid, bool(written.all()))
 
     def _slot_of(self, row: int) -> int:
         if 0 <= row < self.rows and self._slot_row[row % self.slots] == row:
@@ -94,4 +92,4 @@ class ThumbnailMoments:
         packed[:, 1, 1] = self._packed
         valid = self._packed.new_zeros(n, 3, 3)
         valid[:, 1, 1] = 1
-        return self.layout.neighbourhood(packed, valid)
+        return self.layout.neighbourhood(packed, valid, complete=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dn_cli.dense_norm import DenseNorm2d, NormContext, axis_weights, convert_instance_norm, dense_moments
+from dn_cli.dense_norm import DenseNorm2d, NormContext, axis_weights, convert_instance_norm, dense_fields
 from dn_cli.moments import MomentLayout, MomentRing
 from dn_cli.pipeline import TileRunner
 
@@ -17,20 +17,24 @@ T, M = 64, 16  # tile size and margin used throughout: padded tiles are 96 pixel
 
 
 def moment_ring(values: torch.Tensor, valid: torch.Tensor) -> MomentRing:
-    """A ring holding a whole ``(rows, cols, C)`` grid of means (inverse stds = means + 2)."""
+    """A ring holding a ``(rows, cols, C)`` grid of means (inverse stds = means + 2); tiles where
+    ``valid`` is False are never written, as if skipped."""
     rows, cols, channels = values.shape
     ring = MomentRing(MomentLayout([channels]), rows, cols, slots=rows, device=torch.device("cpu"))
-    packed = torch.stack([values, values + 2], dim=2).reshape(rows * cols, 2, channels)
-    ring.write(range(rows * cols), packed, oldest_needed_row=-1)
-    ring._valid[:rows, 1 : cols + 1] = valid.float()
+    for index in range(rows * cols):
+        row, col = divmod(index, cols)
+        if valid[row, col]:
+            packed = torch.stack([values[row, col], values[row, col] + 2])[None]
+            ring.write([index], packed, oldest_needed_row=-1)
     return ring
 
 
 def field_for_tile(ring: MomentRing, row: int, col: int, n: int, weighting="bilinear") -> torch.Tensor:
     nb = ring.gather(range(row * ring.cols + col, row * ring.cols + col + 1))
     wy = wx = axis_weights(n, T, M, weighting).float()
-    means, _ = dense_moments(nb.means[0], nb.inv_stds[0], nb.valid, wy, wx)
-    return means[0]  # (C, n, n)
+    fields = dense_fields(nb.moments[0], nb.valid, nb.complete, wy.T, wx)
+    torch.testing.assert_close(fields[1], fields[0] + 2)  # inverse stds blend the same way
+    return fields[0, 0]  # means, (C, n, n)
 
 
 def reference_field(values, valid, row, col, n):
@@ -109,9 +113,10 @@ def test_kin_weighting_is_the_mean_of_valid_neighbours_constant_over_the_tile():
 
 def test_bilinear_axis_weights_are_a_partition_of_unity():
     for n in (96, 48, 24):
-        w = axis_weights(n, T, M, "bilinear")
-        torch.testing.assert_close(w.sum(0), torch.ones(n, dtype=torch.float64))
-        assert (w[1] > 0).all()  # the tile itself always contributes
+        for weighting in ("bilinear", "flat"):
+            w = axis_weights(n, T, M, weighting)
+            torch.testing.assert_close(w.sum(0), torch.ones(n, dtype=torch.float64))
+            assert (w[1] > 0).all()  # the tile itself always contributes
 
 
 def test_converter_swaps_every_instance_norm_at_known_paths():
