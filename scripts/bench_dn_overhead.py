@@ -40,7 +40,9 @@ def machine() -> str:
 def mirrored_tissue(size: int) -> np.ndarray:
     tissue = skimage.data.immunohistochemistry()
     reps = -(-size // tissue.shape[0]) + 1
-    return np.ascontiguousarray(np.pad(tissue, ((0, reps * 512), (0, reps * 512), (0, 0)), mode="symmetric")[:size, :size])
+    return np.ascontiguousarray(
+        np.pad(tissue, ((0, reps * 512), (0, reps * 512), (0, 0)), mode="symmetric")[:size, :size]
+    )
 
 
 def time_policy(image: np.ndarray, runner: TileRunner, policy: str, **options) -> float:
@@ -68,8 +70,10 @@ def main() -> None:
     time_policy(image[:1024, :1024], runner, "dn", **options)  # warm-up
 
     print(f"machine: {machine()}")
-    print(f"image {args.size}², tile {args.tile_size}, batch {args.batch_size}, ResNet ngf {args.ngf}, "
-          f"{args.blocks} blocks")
+    print(
+        f"image {args.size}², tile {args.tile_size}, batch {args.batch_size}, ResNet ngf {args.ngf}, "
+        f"{args.blocks} blocks"
+    )
     seconds = {p: time_policy(image, runner, p, **options) for p in args.policies.split(",")}
     for policy, s in seconds.items():
         print(f"  {policy:4s} {s:8.1f} s   {s / seconds['in']:.2f}× in")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import skimage.data
 import torch
 
-from dn_cli.models import Generator
+import dn_cli
+from dn_cli.models import Generator, load_generator
 from dn_cli.models.resnet import ResnetGenerator
+
+DEMO_WEIGHTS = Path(dn_cli.__file__).parent / "models" / "weights" / "dab2aec_resnet_ngf16.pth"
 
 
 def make_generator(seed: int = 0, **params) -> Generator:
@@ -28,6 +33,12 @@ def tissue() -> np.ndarray:
 @pytest.fixture(scope="session")
 def generator() -> Generator:
     return make_generator()
+
+
+@pytest.fixture(scope="session")
+def demo_generator() -> Generator:
+    """The trained demo generator shipped in the package (DAB → AEC on real IHC tissue)."""
+    return load_generator(DEMO_WEIGHTS)
 
 
 @pytest.fixture

@@ -1,0 +1,44 @@
+"""The GPU path: same results as the CPU, reduced precision with float32 statistics.
+
+Skipped where no CUDA device exists (the development machines have none).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from dn_cli.images import ArrayImage, Canvas
+from dn_cli.pipeline import TileRunner, translate
+
+from .conftest import make_generator
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def run(image, device, dtype=None, **options):
+    canvas = Canvas(image.shape[1], image.shape[0])
+    translate(ArrayImage(image), canvas, TileRunner(make_generator(), torch.device(device), dtype), **options)
+    return canvas.pixels.astype(int)
+
+
+@pytest.mark.parametrize("policy", ["dn", "in", "kin", "tin"])
+def test_cuda_fp32_matches_cpu(tissue, policy):
+    image = np.ascontiguousarray(tissue[:300, :350])
+    options = {"policy": policy, "tile_size": 64, "batch_size": 4}
+    diff = np.abs(run(image, "cuda", **options) - run(image, "cpu", **options))
+    assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_cuda_fp16_autocast_stays_close(tissue):
+    image = np.ascontiguousarray(tissue[:256, :256])
+    diff = np.abs(run(image, "cuda", torch.float16, tile_size=64) - run(image, "cpu", tile_size=64))
+    assert diff.mean() < 1.0
+
+
+def test_recorded_moments_are_float32_under_fp16(tissue):
+    runner = TileRunner(make_generator(), torch.device("cuda"), torch.float16)
+    packed = runner.collect(np.ascontiguousarray(tissue[None, :96, :96]))
+    assert packed.dtype == torch.float32 and packed.device.type == "cuda"
