@@ -116,6 +116,8 @@ def translate(
         two_pass_oracle: collect every tile before applying any (the reference the single pass
             must match; memory grows with the grid area).
     """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
     if margin is None:
         margin = default_margin(tile_size, runner.stride)
     check_geometry(tile_size, margin, runner.stride)
