@@ -1,120 +1,264 @@
-"""Load a generator from a checkpoint without running code from the file.
+"""Load a generator from a model file without running code from it, whatever its family.
 
-A checkpoint is read with ``torch.load(weights_only=True)``; its family and constructor
-parameters are detected from the state dict's keys and shapes, the network is built, and the
-weights are loaded strictly (every missing or unexpected key is an error).
+State dicts (plain, ``module.``-prefixed, or wrapped in a training checkpoint) are read with
+``torch.load(weights_only=True)``; TorchScript archives with ``torch.jit.load`` and rebuilt from
+their weights. The family is detected from the keys by the rules in ``configs/*.toml`` (one
+file per family, naming its builder), the network is built and loaded strictly. A pickled
+``nn.Module`` is loaded only with ``trust_code`` (unpickling it can run arbitrary code).
 """
 
 from __future__ import annotations
 
-import re
+import functools
+import importlib
+import importlib.resources
+import sys
+import warnings
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dn_cli.errors import ModelError
-from dn_cli.models.resnet import ResnetGenerator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 StateDict = dict[str, torch.Tensor]
+# Where training checkpoints keep the generator's weights, most specific first.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "netG_A", "netG", "G_A", "G", "generator", "model", "net")
 
 
 @dataclass(frozen=True)
 class Family:
-    """A generator family: how to recognise its state dict and how to build it."""
+    """A generator family as described by its ``configs/<name>.toml``."""
 
     name: str
-    detect: Callable[[StateDict], dict | None]
+    description: str
+    source: str
     build: Callable[..., nn.Module]
+    infer: Callable[[StateDict], dict | None]
+    fixed: dict
+    stride: int | None
+    stride_log2: str | None
+    require: list[str]
+    forbid: list[str]
+    keys: list[str]
+
+    def detects(self, sd: StateDict) -> bool:
+        return (
+            all(any(fnmatchcase(k, p) for k in sd) for p in self.require)
+            and not any(fnmatchcase(k, p) for k in sd for p in self.forbid)
+            and not self.unfit(sd)
+        )
+
+    def unfit(self, sd: StateDict) -> list[str]:
+        """Keys outside this family's vocabulary."""
+        return [k for k in sd if not any(fnmatchcase(k, p) for p in self.keys)]
+
+    def total_stride(self, params: dict) -> int:
+        return self.stride if self.stride is not None else 2 ** params[self.stride_log2]
 
 
 @dataclass
 class Generator:
-    """A loaded generator in eval mode, with what the pipeline needs to know about it."""
+    """A loaded generator in eval mode, with what the pipeline and ``dn info`` need to know."""
 
     module: nn.Module
     family: str
     params: dict
     stride: int
+    file_format: str = "state dict"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
-
-def _detect_cyclegan_resnet(sd: StateDict) -> dict | None:
-    stem = sd.get("model.1.weight")
-    if stem is None or stem.ndim != 4 or stem.shape[-1] != 7:
-        return None
-    blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
-    if not blocks:
-        return None
-    convs = sorted(
-        int(m.group(1)) for k, v in sd.items() if v.ndim == 4 and (m := re.fullmatch(r"model\.(\d+)\.weight", k))
-    )
-    return {
-        "input_nc": stem.shape[1],
-        "output_nc": sd[f"model.{convs[-1]}.weight"].shape[0],
-        "ngf": stem.shape[0],
-        "n_blocks": len(blocks),
-        # Stem conv at 1, then one (conv, norm, relu) triple per down stage before the blocks.
-        "n_downsampling": (blocks[0] - 4) // 3,
-        "use_dropout": f"model.{blocks[0]}.conv_block.6.weight" in sd,
-    }
+    @property
+    def norm_layers(self) -> int:
+        return sum(isinstance(m, nn.InstanceNorm2d) for m in self.module.modules())
 
 
-FAMILIES = [Family("cyclegan-resnet", _detect_cyclegan_resnet, ResnetGenerator)]
+def _resolve(reference: str) -> Callable:
+    module, _, attr = reference.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
-def _read_state_dict(path: Path) -> StateDict:
+@functools.cache
+def families() -> tuple[Family, ...]:
+    """Every family described under ``configs/``, by name."""
+    found = []
+    for entry in sorted(importlib.resources.files("dn_cli.configs").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            c = tomllib.loads(entry.read_text(encoding="utf-8"))
+            d = c["detect"]
+            found.append(
+                Family(
+                    c["name"],
+                    c["description"],
+                    c["source"],
+                    _resolve(c["builder"]),
+                    _resolve(c["infer"]),
+                    c.get("params", {}),
+                    c.get("stride"),
+                    c.get("stride_log2"),
+                    d["require"],
+                    d.get("forbid", []),
+                    d["keys"],
+                )
+            )
+    return tuple(found)
+
+
+def family_named(name: str) -> Family:
+    for family in families():
+        if family.name == name:
+            return family
+    raise ModelError(f"unknown --arch {name!r}; known: {', '.join(f.name for f in families())}")
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _read(path: Path, trust_code: bool) -> tuple[object, str]:
+    """The object in ``path`` and a description of its format."""
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    if _is_torchscript(path):
+        try:
+            with warnings.catch_warnings():  # torch.jit.load is deprecated, still the way to read these
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location="cpu"), "TorchScript"
+        except Exception as e:
+            raise ModelError(f"cannot load {path} as TorchScript: {str(e).strip().splitlines()[0]}") from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=not trust_code), "state dict"
     except Exception as e:  # torch raises many types for foreign or truncated files
         if "Unsupported global" in str(e):
             raise ModelError(
-                f"{path} holds pickled Python objects (a whole model?), not a state dict; "
-                "dn does not run code from model files"
+                f"{path} holds pickled Python objects (a whole model?); loading it can run "
+                "arbitrary code: pass --trust-model-code if you trust its source"
             ) from e
         raise ModelError(f"cannot read {path}: not a PyTorch checkpoint, or truncated") from e
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"{path} does not hold a state dict of tensors")
-    # Checkpoints saved from nn.DataParallel prefix every key with "module.".
-    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _list(keys: list[str], limit: int = 5) -> str:
+def _unwrap(obj, path: Path) -> tuple[StateDict | None, nn.Module | None, str | None]:
+    """(state dict, module, wrapper key) from what a model file held."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(), obj, None
+    if _is_state_dict(obj):
+        return obj, None, None
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if _is_state_dict(obj.get(key)) or isinstance(obj.get(key), nn.Module):
+                sd, module, _ = _unwrap(obj[key], path)
+                return sd, module, key
+        raise ModelError(f"{path} is a dict without a state dict (keys: {', '.join(map(str, list(obj)[:8]))})")
+    raise ModelError(f"{path} holds a {type(obj).__name__}, not a model")
+
+
+def _strip_prefix(sd: StateDict) -> StateDict:
+    # Checkpoints saved from nn.DataParallel / DistributedDataParallel prefix every key.
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _listed(keys: list[str], limit: int = 4) -> str:
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
 
 
-def build_generator(family: Family, params: dict, sd: StateDict, source: str) -> Generator:
-    """Build ``family`` with ``params`` and load ``sd`` strictly, naming every key that does not fit."""
+def build_generator(family: Family, sd: StateDict, source: str) -> Generator:
+    """Build ``family`` with parameters read from ``sd`` and load ``sd`` strictly."""
+    params = family.infer(sd)
+    if params is None:
+        raise ModelError(f"{source} is not a {family.name} state dict ({family.description})")
+    params = {**params, **family.fixed}
     module = family.build(**params)
     expected = module.state_dict()
     problems = []
     if missing := [k for k in expected if k not in sd]:
-        problems.append(f"missing keys {_list(missing)}")
+        problems.append(f"missing keys {_listed(missing)}")
     if unexpected := [k for k in sd if k not in expected]:
-        problems.append(f"unexpected keys {_list(unexpected)}")
+        problems.append(f"unexpected keys {_listed(unexpected)}")
     if mismatched := [k for k in expected if k in sd and sd[k].shape != expected[k].shape]:
-        problems.append(f"wrong shapes for {_list(mismatched)}")
+        problems.append(f"wrong shapes for {_listed(mismatched)}")
     if problems:
         raise ModelError(f"{source} does not match {family.name} {params}: {'; '.join(problems)}")
     module.load_state_dict(sd, strict=True)
     module.eval().requires_grad_(False)
-    return Generator(module, family.name, params, getattr(module, "stride", 1))
+    return Generator(module, family.name, params, family.total_stride(params))
 
 
-def load_generator(path: Path) -> Generator:
-    """Load the generator in ``path``, detecting its family from the state dict."""
-    sd = _read_state_dict(path)
-    for family in FAMILIES:
-        params = family.detect(sd)
-        if params is not None:
-            return build_generator(family, params, sd, str(path))
-    names = ", ".join(f.name for f in FAMILIES)
-    raise ModelError(f"{path} is not a generator of a known family ({names})")
+def _no_family_error(sd: StateDict, source: str) -> ModelError:
+    names = ", ".join(f.name for f in families())
+
+    def absent(f: Family) -> list[str]:
+        return [p for p in f.require if not any(fnmatchcase(k, p) for k in sd)]
+
+    # Closest: most keys in its vocabulary, then the larger share of its required keys present.
+    closest = max(families(), key=lambda f: (len(sd) - len(f.unfit(sd)), 1 - len(absent(f)) / len(f.require)))
+    unfit = closest.unfit(sd)
+    why = f"keys that do not fit: {_listed(unfit)}" if unfit else f"no keys like {_listed(absent(closest))}"
+    return ModelError(
+        f"{source} is not a generator of a known family ({names}); closest is {closest.name}, but it has {why}"
+    )
+
+
+def _probe_stride(module: nn.Module) -> int:
+    """Total stride of an arbitrary generator: input size over its smallest feature map."""
+    sizes = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: sizes.append(out.shape[-1]))
+        for m in module.modules()
+        if not list(m.children())
+    ]
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, 3, 512, 512))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 512 // min(s for s in sizes if s > 0)
+
+
+def _check_channels(generator: Generator, source: str) -> None:
+    first = next((m for m in generator.module.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != 3:
+        raise ModelError(f"{source} expects {first.in_channels} input channels; dn translates RGB images (3)")
+
+
+def load_generator(path: Path, arch: str | None = None, trust_code: bool = False) -> Generator:
+    """Load the generator in ``path``; ``arch`` forces a family instead of detecting it."""
+    obj, file_format = _read(path, trust_code)
+    sd, module, wrapper = _unwrap(obj, path)
+    sd = _strip_prefix(sd)
+    source = str(path)
+    family = family_named(arch) if arch else next((f for f in families() if f.detects(sd)), None)
+    if family is not None:
+        generator = build_generator(family, sd, source)
+    elif isinstance(module, nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+        # A trusted pickled module of no known family: convert it as it is.
+        module.eval().requires_grad_(False)
+        generator = Generator(module, type(module).__name__, {}, _probe_stride(module))
+    else:
+        raise _no_family_error(sd, source)
+    generator.file_format = "pickled module" if module is not None and file_format != "TorchScript" else file_format
+    if wrapper:
+        generator.notes.append(f"weights from the checkpoint's {wrapper!r} entry")
+    _check_channels(generator, source)
+    return generator
