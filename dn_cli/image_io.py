@@ -81,3 +81,29 @@ class ImageFileSink(Canvas):
             raise OutputError(f"cannot write {self.path}: {_first_line(e)}") from e
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+
+def image_info(path: Path) -> dict:
+    """Size, pyramid levels and pixel size (µm, when the file records one) of an image file."""
+    if not path.is_file():
+        raise InputError(f"input not found: {path}")
+    try:
+        image = pyvips.Image.new_from_file(str(path))
+    except pyvips.Error as e:
+        raise InputError(f"cannot read {path} as an image: {_first_line(e)}") from e
+    fields = image.get_fields()
+    levels = image.get("n-pages") if "n-pages" in fields else 1
+    mpp = None
+    # Only TIFF-like files say what their resolution means; libvips keeps pixels per mm.
+    if "resolution-unit" in fields and image.xres > 0:
+        mpp = round(1000 / image.xres, 6)
+    return {
+        "path": str(path),
+        "kind": "image",
+        "format": image.get("vips-loader") if "vips-loader" in fields else None,
+        "width": image.width,
+        "height": image.height,
+        "bands": image.bands,
+        "levels": levels,
+        "mpp": mpp,
+    }

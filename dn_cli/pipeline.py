@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast
+from dn_cli.errors import ModelError
 from dn_cli.geometry import TileGrid, check_geometry, default_margin
 from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
@@ -77,6 +78,8 @@ class TileRunner:
     def apply(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, crop: int, size: int) -> np.ndarray:
         """Translate tiles; keep the central ``size`` square after ``crop`` pixels, as uint8 RGB."""
         y = self.forward(tiles, neighbourhood)[:, :, crop : crop + size, crop : crop + size]
+        if y.shape[1] != 3:
+            raise ModelError(f"the model outputs {y.shape[1]} channels; dn writes RGB images (3)")
         y = ((y.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
         return y.permute(0, 2, 3, 1).cpu().numpy()
 

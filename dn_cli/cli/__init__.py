@@ -7,6 +7,7 @@ import sys
 import click
 
 from dn_cli import __version__
+from dn_cli.cli.info import info, models
 from dn_cli.cli.options import debug_option
 from dn_cli.cli.translate import translate
 from dn_cli.errors import DnError
@@ -62,6 +63,8 @@ def cli() -> None:
 
 
 cli.add_command(translate)
+cli.add_command(info)
+cli.add_command(models)
 
 
 def main() -> None:

@@ -1,6 +1,10 @@
 """Options shared by several subcommands."""
 
+from pathlib import Path
+
 import click
+
+from dn_cli.models import DEMO_MODEL, families
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -10,4 +14,30 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 debug_option = click.option(
     "--debug", is_flag=True, expose_value=False, callback=_set_debug, help="Show full tracebacks on errors."
+)
+
+
+def model_options(command):
+    """--arch and --trust-model-code, for every command that loads a model."""
+    command = click.option(
+        "--trust-model-code",
+        "trust_code",
+        is_flag=True,
+        help="Allow pickled whole-model files (loading them can run arbitrary code).",
+    )(command)
+    return click.option(
+        "--arch",
+        type=click.Choice([f.name for f in families()]),
+        default=None,
+        help="Force the generator family instead of detecting it from the weights.",
+    )(command)
+
+
+model_path_option = click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=DEMO_MODEL,
+    show_default="the bundled demo model",
+    help="Generator checkpoint: state dict, training checkpoint or TorchScript.",
 )

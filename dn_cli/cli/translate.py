@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from dn_cli.cli.options import debug_option
+from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.image_io import ImageFileSink, check_output, open_image
 from dn_cli.models import load_generator
@@ -24,9 +24,8 @@ from dn_cli.pipeline import translate as run_translation
     required=True,
     help="Output image; the format follows the extension (.png, .jpg, .tif).",
 )
-@click.option(
-    "--model", "model_path", type=click.Path(path_type=Path), required=True, help="Generator checkpoint (state dict)."
-)
+@model_path_option
+@model_options
 @click.option(
     "--norm",
     "policy",
@@ -62,6 +61,8 @@ def translate(
     input_path: Path,
     output: Path,
     model_path: Path,
+    arch: str | None,
+    trust_code: bool,
     policy: str,
     tile_size: int,
     margin: int | None,
@@ -77,7 +78,9 @@ def translate(
     torch_device = select_device(device)
     dtype = autocast_dtype(precision, torch_device)
     source = open_image(input_path)
-    generator = load_generator(model_path)
+    generator = load_generator(model_path, arch=arch, trust_code=trust_code)
+    if generator.norm_layers == 0:
+        click.echo(f"dn: warning: {model_path.name} has no InstanceNorm layers: DN changes nothing", err=True)
     if tissue:
         click.echo("dn: warning: tissue detection applies to whole-slide images; translating every tile", err=True)
     runner = TileRunner(generator, torch_device, dtype)

@@ -1,5 +1,10 @@
 """Generator families and loading model files safely."""
 
-from dn_cli.models.loading import Generator, load_generator
+from pathlib import Path
 
-__all__ = ["Generator", "load_generator"]
+from dn_cli.models.loading import Generator, families, load_generator
+
+# The small trained generator shipped with dn (docs/demo-model.md), used when --model is omitted.
+DEMO_MODEL = Path(__file__).parent / "weights" / "dab2aec_resnet_ngf16.pth"
+
+__all__ = ["DEMO_MODEL", "Generator", "families", "load_generator"]

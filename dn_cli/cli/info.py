@@ -1,0 +1,71 @@
+"""``dn info`` and ``dn models``: what dn makes of a model or an image, and what it supports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dn_cli.cli.options import debug_option, model_options
+from dn_cli.geometry import default_margin
+from dn_cli.image_io import image_info
+from dn_cli.models import families, load_generator
+
+MODEL_SUFFIXES = {".pth", ".pt", ".ckpt", ".pkl", ".bin", ".tar"}
+
+
+def model_info(path: Path, arch: str | None, trust_code: bool) -> dict:
+    generator = load_generator(path, arch=arch, trust_code=trust_code)
+    return {
+        "path": str(path),
+        "kind": "model",
+        "format": generator.file_format,
+        "family": generator.family,
+        "params": generator.params,
+        "norm_layers": generator.norm_layers,
+        "stride": generator.stride,
+        "parameters": generator.parameter_count,
+        "default_margin_at_512": default_margin(512, generator.stride),
+        "notes": generator.notes,
+    }
+
+
+def print_record(record: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    for key, value in record.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = "; ".join(value) or "-"
+        click.echo(f"{key.replace('_', ' ') + ':':24s}{value}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@debug_option
+def info(*, path: Path, arch: str | None, trust_code: bool, as_json: bool) -> None:
+    """Describe PATH: a model (family, parameters, norm layers, stride) or an image (size, levels, µm/px)."""
+    is_model = path.suffix.lower() in MODEL_SUFFIXES
+    print_record(model_info(path, arch, trust_code) if is_model else image_info(path), as_json)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per family on stdout.")
+def models(*, as_json: bool) -> None:
+    """List the generator families dn detects and converts."""
+    for family in families():
+        record = {
+            "name": family.name,
+            "description": family.description,
+            "source": family.source,
+            "stride": family.stride or f"2 ** {family.stride_log2}",
+        }
+        if as_json:
+            click.echo(json.dumps(record))
+        else:
+            click.echo(f"{family.name:16s} {family.description}\n{'':16s} from {family.source}")
