@@ -11,6 +11,7 @@ from dn_cli.models.dn_generator import DnResearchGenerator
 from dn_cli.models.loading import families
 from dn_cli.models.resnet import ResnetGenerator
 from dn_cli.models.unet import UnetGenerator
+from dn_cli.moments import MomentRing
 from dn_cli.pipeline import TileRunner
 
 # (family, network, parameters dn must detect, input size)
@@ -73,14 +74,12 @@ def test_family_loads_with_detected_parameters_and_identical_output(tmp_path, fa
         torch.testing.assert_close(loaded.module(x), net(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family,make,expected,size", CASES[::3])
+@pytest.mark.parametrize("family,make,expected,size", [CASES[i] for i in (0, 3, 5, 7)])
 def test_dn_on_a_one_tile_grid_equals_each_family(tmp_path, family, make, expected, size):
     net = randomised(make())
     runner = TileRunner(load_generator_from(net, tmp_path), torch.device("cpu"))
     runner.context.tile_size, runner.context.margin = size, 0
     tile = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
-    from dn_cli.moments import MomentRing
-
     ring = MomentRing(runner.layout, 1, 1, 1, torch.device("cpu"))
     ring.write([0], runner.collect(tile), oldest_needed_row=-1)
     with torch.no_grad():
