@@ -46,6 +46,8 @@ CASES = [
         {"antialias_down": True, "antialias_up": False},
         64,
     ),
+    ("cut-resnet", lambda: ResnetGenerator(ngf=8, n_blocks=1, antialias_down=False, antialias_up=True),
+     {"antialias_down": False, "antialias_up": True}, 64),
     ("cyclegan-unet", lambda: UnetGenerator(num_downs=7, ngf=4), {"num_downs": 7, "ngf": 4}, 128),
     ("cyclegan-unet", lambda: UnetGenerator(num_downs=8, ngf=2, use_dropout=True), {"num_downs": 8}, 256),
     ("dn-research", lambda: DnResearchGenerator(features=8, residuals=2), {"features": 8, "residuals": 2}, 64),
@@ -74,7 +76,7 @@ def test_family_loads_with_detected_parameters_and_identical_output(tmp_path, fa
         torch.testing.assert_close(loaded.module(x), net(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family,make,expected,size", [CASES[i] for i in (0, 3, 5, 7)])
+@pytest.mark.parametrize("family,make,expected,size", [CASES[i] for i in (0, 3, 6, 8)])
 def test_dn_on_a_one_tile_grid_equals_each_family(tmp_path, family, make, expected, size):
     net = randomised(make())
     runner = TileRunner(load_generator_from(net, tmp_path), torch.device("cpu"))
