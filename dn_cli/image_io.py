@@ -6,21 +6,21 @@ The only module that imports pyvips. Outputs appear under their final name only 
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 from pathlib import Path
 
+import numpy as np
 import pyvips
 
 from dn_cli.errors import InputError, OutputError
+from dn_cli.geometry import Box
 from dn_cli.images import ArrayImage, Canvas
+from dn_cli.png_stream import PngStream
 
-SAVE_OPTIONS = {
-    ".png": {"compression": 6},
-    ".jpg": {"Q": 90},
-    ".jpeg": {"Q": 90},
-    ".tif": {"compression": "deflate", "tile": True},
-    ".tiff": {"compression": "deflate", "tile": True},
-}
+SAVE_OPTIONS = {".png": {"compression": 6}, ".jpg": {"Q": 90}, ".jpeg": {"Q": 90}}
+PYRAMID_SUFFIXES = (".tif", ".tiff")
 
 
 def _first_line(error: Exception) -> str:
@@ -45,15 +45,36 @@ def open_image(path: Path) -> ArrayImage:
     if not path.is_file():
         raise InputError(f"input not found: {path}")
     try:
-        return ArrayImage(_to_rgb8(pyvips.Image.new_from_file(str(path), access="sequential")).numpy())
+        image = pyvips.Image.new_from_file(str(path), access="sequential")
+        return ArrayImage(_to_rgb8(image).numpy(), mpp=_mpp(image))
     except pyvips.Error as e:
         raise InputError(f"cannot read {path} as an image: {_first_line(e)}") from e
 
 
+def _mpp(image: pyvips.Image) -> float | None:
+    """µm per pixel if the file records a physical resolution (TIFF-like files say what theirs means)."""
+    if "resolution-unit" in image.get_fields() and image.xres > 0:
+        return round(1000 / image.xres, 6)  # libvips keeps pixels per mm
+    return None
+
+
+def temporary_beside(path: Path, suffix: str) -> Path:
+    """An empty hidden file in ``path``'s folder (so the final rename is atomic), with the
+    permissions a plain new file would get."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
 def check_output(path: Path, overwrite: bool) -> None:
     """Refuse an output path before any work is done for it."""
-    if path.suffix.lower() not in SAVE_OPTIONS:
-        raise OutputError(f"cannot write {path.name}: the extension must be one of {', '.join(SAVE_OPTIONS)}")
+    suffixes = (*SAVE_OPTIONS, *PYRAMID_SUFFIXES)
+    if path.suffix.lower() not in suffixes:
+        raise OutputError(f"cannot write {path.name}: the extension must be one of {', '.join(suffixes)}")
     if path.is_dir():
         raise OutputError(f"{path} is a folder")
     if path.exists() and not overwrite:
@@ -61,26 +82,26 @@ def check_output(path: Path, overwrite: bool) -> None:
 
 
 class ImageFileSink(Canvas):
-    """Assembles the output in memory and saves it atomically when closed."""
+    """Assembles a PNG or JPEG output in memory and saves it atomically when closed."""
 
     def __init__(self, path: Path, width: int, height: int) -> None:
         super().__init__(width, height)
         self.path = path
 
+    def abort(self) -> None:
+        pass  # nothing is on disk before close
+
     def close(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         suffix = self.path.suffix.lower()
-        # Same folder, so the final rename is atomic; same suffix, so pyvips picks the format.
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=f".partial{suffix}", dir=self.path.parent)
-        os.close(fd)
+        tmp = temporary_beside(self.path, f".partial{suffix}")  # same suffix: pyvips picks the format
         try:
             image = pyvips.Image.new_from_array(self.pixels, interpretation="srgb")
-            image.write_to_file(tmp, **SAVE_OPTIONS[suffix])
+            image.write_to_file(str(tmp), **SAVE_OPTIONS[suffix])
             os.replace(tmp, self.path)
         except pyvips.Error as e:
             raise OutputError(f"cannot write {self.path}: {_first_line(e)}") from e
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
 
 def image_info(path: Path) -> dict:
@@ -93,10 +114,7 @@ def image_info(path: Path) -> dict:
         raise InputError(f"cannot read {path} as an image: {_first_line(e)}") from e
     fields = image.get_fields()
     levels = image.get("n-pages") if "n-pages" in fields else 1
-    mpp = None
-    # Only TIFF-like files say what their resolution means; libvips keeps pixels per mm.
-    if "resolution-unit" in fields and image.xres > 0:
-        mpp = round(1000 / image.xres, 6)
+    mpp = _mpp(image)
     return {
         "path": str(path),
         "kind": "image",
@@ -107,3 +125,134 @@ def image_info(path: Path) -> dict:
         "levels": levels,
         "mpp": mpp,
     }
+
+
+TIFF_COMPRESSIONS = ("jpeg", "deflate", "lzw", "webp", "none")
+
+
+class PyramidTiffSink:
+    """Streams output tiles into a pyramidal tiled TIFF while the image is being translated.
+
+    Tiles arrive in raster order; each finished row of tiles becomes PNG rows (``png_stream``)
+    that a writer thread feeds to pyvips, which builds every pyramid level as the rows pass and
+    writes them to a temporary file in the output folder. Memory holds one row of tiles and a
+    short queue, whatever the image height. ``close`` renames the file into place; ``abort``
+    (or any failure) deletes it.
+
+    Args:
+        path: final output path.
+        width, height: image size in pixels.
+        mpp: pixel size in µm, recorded as resolution in pixels per cm (None: not recorded).
+        compression: one of ``TIFF_COMPRESSIONS``; ``quality`` applies to jpeg and webp.
+        description: stored as the TIFF ImageDescription (provenance).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        *,
+        mpp: float | None = None,
+        compression: str = "jpeg",
+        quality: int = 85,
+        description: str = "",
+    ) -> None:
+        self.path, self.width, self.height = path, width, height
+        self._stream = PngStream(width, height)
+        self._band: np.ndarray | None = None  # the row of tiles being filled
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        self._pending = b""
+        self._failure: BaseException | None = None
+        self._tmp = temporary_beside(path, ".partial.tif")
+        options = {
+            "tile": True,
+            "tile_width": 256,
+            "tile_height": 256,
+            "pyramid": True,
+            "bigtiff": True,
+            "compression": compression,
+        }
+        if compression in ("jpeg", "webp"):
+            options["Q"] = quality
+        if mpp:
+            options.update(xres=1000 / mpp, yres=1000 / mpp, resunit="cm")  # libvips takes pixels per mm
+        self._chunks.put(self._stream.header())
+        self._thread = threading.Thread(target=self._save, args=(options, description), daemon=True)
+        self._thread.start()
+
+    def _read(self, size: int) -> bytes:
+        # Called by libvips (on its own thread) whenever it wants more of the PNG stream.
+        while not self._pending:
+            chunk = self._chunks.get()
+            if chunk is None:
+                return b""
+            self._pending = chunk
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def _save(self, options: dict, description: str) -> None:
+        try:
+            source = pyvips.SourceCustom()
+            source.on_read(self._read)
+            image = pyvips.Image.new_from_source(source, "", access="sequential")
+            if description:
+                image = image.copy()
+                image.set_type(pyvips.GValue.gstr_type, "image-description", description)
+            image.tiffsave(str(self._tmp), **options)
+        except BaseException as e:  # reported to the translating thread by _put / close
+            self._failure = e
+
+    def _put(self, data: bytes | None) -> None:
+        while self._thread.is_alive():
+            try:
+                self._chunks.put(data, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        self._tmp.unlink(missing_ok=True)
+        e = self._failure
+        message = _first_line(e) if e is not None else "the writer stopped"
+        raise OutputError(f"cannot write {self.path}: {message}") from e
+
+    def write(self, box: Box, pixels: np.ndarray) -> None:
+        if self._band is None:
+            self._band = np.empty((box.height, self.width, 3), np.uint8)
+        self._band[:, box.x : box.x + box.width] = pixels
+        if box.x + box.width == self.width:  # the row of tiles is complete
+            self._put(self._stream.rows(self._band))
+            self._band = None
+
+    def close(self) -> None:
+        self._put(None)
+        self._thread.join()
+        if self._failure is not None:
+            self._raise_failure()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Stop the writer and delete the temporary file."""
+        self._failure = self._failure or OutputError("aborted")
+        while self._thread.is_alive():
+            try:
+                self._chunks.put(None, timeout=0.1)  # ends the stream: libvips fails on the short image
+            except queue.Full:
+                try:
+                    self._chunks.get_nowait()
+                except queue.Empty:
+                    pass
+        self._tmp.unlink(missing_ok=True)
+
+
+def open_sink(
+    path: Path, width: int, height: int, *, mpp: float | None, compression: str, quality: int, description: str
+) -> ImageFileSink | PyramidTiffSink:
+    """A pyramidal TIFF for ``.tif`` outputs, an in-memory PNG / JPEG otherwise."""
+    if path.suffix.lower() in PYRAMID_SUFFIXES:
+        return PyramidTiffSink(
+            path, width, height, mpp=mpp, compression=compression, quality=quality, description=description
+        )
+    return ImageFileSink(path, width, height)

@@ -31,11 +31,13 @@ class ImageSource(Protocol):
 
 
 class Sink(Protocol):
-    """Where output tiles go, in raster order; ``close`` completes the output."""
+    """Where output tiles go, in raster order; ``close`` completes the output, ``abort`` discards it."""
 
     def write(self, box: Box, pixels: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 def read_padded(source: ImageSource, box: Box) -> np.ndarray:
@@ -55,10 +57,11 @@ def read_padded(source: ImageSource, box: Box) -> np.ndarray:
 class ArrayImage:
     """An RGB image held in memory as a ``(height, width, 3)`` uint8 array."""
 
-    def __init__(self, pixels: np.ndarray) -> None:
+    def __init__(self, pixels: np.ndarray, mpp: float | None = None) -> None:
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
         self.pixels = pixels
+        self.mpp = mpp  # µm per pixel, when known
 
     def __repr__(self) -> str:
         return f"ArrayImage({self.width}×{self.height})"
@@ -94,4 +97,7 @@ class Canvas:
         self.pixels[box.y : box.y + box.height, box.x : box.x + box.width] = pixels
 
     def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
         pass

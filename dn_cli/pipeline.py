@@ -148,21 +148,25 @@ def translate(
     applied = 0
     if progress is not None:
         progress(0, len(grid))
-    for step in steps:
-        if step.kind == "collect":
-            batch = read(step.tiles)
-            pending.update(zip(step.tiles, batch, strict=True))
-            oldest_needed_row = grid.position(applied)[0] - 1
-            moments.write(step.tiles, runner.collect(np.stack(batch)), oldest_needed_row)
-            continue
-        batch = [pending.pop(i) for i in step.tiles] if step.tiles[0] in pending else read(step.tiles)
-        neighbourhood = moments.gather(step.tiles) if moments is not None else None
-        out = runner.apply(np.stack(batch), neighbourhood, margin, tile_size)
-        for i, pixels in zip(step.tiles, out, strict=True):
-            box = grid.output_box(*grid.position(i))
-            sink.write(box, pixels[: box.height, : box.width])
-        applied = step.tiles.stop
-        if progress is not None:
-            progress(applied, len(grid))
+    try:
+        for step in steps:
+            if step.kind == "collect":
+                batch = read(step.tiles)
+                pending.update(zip(step.tiles, batch, strict=True))
+                oldest_needed_row = grid.position(applied)[0] - 1
+                moments.write(step.tiles, runner.collect(np.stack(batch)), oldest_needed_row)
+                continue
+            batch = [pending.pop(i) for i in step.tiles] if step.tiles[0] in pending else read(step.tiles)
+            neighbourhood = moments.gather(step.tiles) if moments is not None else None
+            out = runner.apply(np.stack(batch), neighbourhood, margin, tile_size)
+            for i, pixels in zip(step.tiles, out, strict=True):
+                box = grid.output_box(*grid.position(i))
+                sink.write(box, pixels[: box.height, : box.width])
+            applied = step.tiles.stop
+            if progress is not None:
+                progress(applied, len(grid))
+    except BaseException:
+        sink.abort()  # an error or Ctrl-C leaves nothing behind
+        raise
     sink.close()
     return grid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -9,10 +10,12 @@ from tqdm import tqdm
 
 from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
-from dn_cli.image_io import ImageFileSink, check_output, open_image
+from dn_cli.geometry import default_margin
+from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_image, open_sink
 from dn_cli.models import load_generator
 from dn_cli.pipeline import POLICIES, TileRunner
 from dn_cli.pipeline import translate as run_translation
+from dn_cli.provenance import provenance, write_sidecar
 
 
 @click.command()
@@ -53,6 +56,16 @@ from dn_cli.pipeline import translate as run_translation
 @click.option(
     "--tissue/--no-tissue", default=None, help="Skip background tiles (whole-slide images; off for ordinary images)."
 )
+@click.option(
+    "--compression",
+    type=click.Choice(TIFF_COMPRESSIONS),
+    default="jpeg",
+    show_default=True,
+    help="Compression of pyramidal TIFF outputs.",
+)
+@click.option(
+    "--quality", type=click.IntRange(1, 100), default=85, show_default=True, help="JPEG / WebP quality of TIFF outputs."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @debug_option
@@ -70,6 +83,8 @@ def translate(
     device: str,
     precision: str,
     tissue: bool | None,
+    compression: str,
+    quality: int,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -92,10 +107,22 @@ def translate(
             bar = tqdm(total=total, unit="tile", desc=input_path.name, disable=quiet, leave=False)
         bar.update(done - bar.n)
 
+    margin = default_margin(tile_size, generator.stride) if margin is None else margin
+    settings = {"norm": policy, "tile_size": tile_size, "margin": margin, "mpp": source.mpp}
+    record = provenance(input_path, model_path, generator.family, settings)
+    sink = open_sink(
+        output,
+        source.width,
+        source.height,
+        mpp=source.mpp,
+        compression=compression,
+        quality=quality,
+        description=json.dumps(record),
+    )
     try:
         run_translation(
             source,
-            ImageFileSink(output, source.width, source.height),
+            sink,
             runner,
             policy=policy,
             tile_size=tile_size,
@@ -103,6 +130,7 @@ def translate(
             batch_size=batch_size,
             progress=progress,
         )
+        write_sidecar(output, record)
     finally:
         if bar is not None:
             bar.close()

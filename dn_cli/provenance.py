@@ -1,0 +1,43 @@
+"""What produced an output: recorded in its TIFF ImageDescription and in a sidecar JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dn_cli import __version__
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(source: Path, model: Path, family: str, settings: dict) -> dict:
+    """Tool version, model and its hash, settings, source and command line of one translation."""
+    return {
+        "software": f"dn {__version__}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": str(source.resolve()),
+        "model": str(model.resolve()),
+        "model_sha256": file_sha256(model),
+        "model_family": family,
+        **settings,
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
+
+
+def write_sidecar(output: Path, record: dict) -> Path:
+    """``<output>.json`` beside the output, written atomically."""
+    sidecar = output.with_name(output.name + ".json")
+    tmp = sidecar.with_name(f".{sidecar.name}.partial")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, sidecar)
+    return sidecar

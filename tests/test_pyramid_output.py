@@ -1,0 +1,85 @@
+"""Pyramidal TIFF output, streamed while translating: readable by OpenSlide and tifffile."""
+
+import json
+
+import numpy as np
+import openslide
+import pytest
+import pyvips
+import tifffile
+import torch
+from click.testing import CliRunner
+
+from dn_cli.cli import cli
+from dn_cli.errors import InputError
+from dn_cli.geometry import Box
+from dn_cli.image_io import PyramidTiffSink
+from dn_cli.images import ArrayImage, Canvas
+from dn_cli.pipeline import TileRunner, translate
+
+
+def slide_file(path, pixels, mpp=0.5):
+    """A generic tiled pyramidal TIFF with a pixel size, as a scanner export would be."""
+    pyvips.Image.new_from_array(pixels, interpretation="srgb").tiffsave(
+        str(path), tile=True, pyramid=True, compression="jpeg", Q=90, xres=1000 / mpp, yres=1000 / mpp, resunit="cm")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tissue_2000x3000(tissue):
+    """2000 wide × 3000 high, real tissue mirrored out."""
+    return np.ascontiguousarray(np.pad(tissue, ((0, 2488), (0, 1488), (0, 0)), mode="symmetric"))
+
+
+def test_slide_comes_out_the_same_size_with_levels_and_pixel_size(tmp_path, tissue_2000x3000, checkpoint):
+    source = slide_file(tmp_path / "slide.tif", tissue_2000x3000)
+    out = tmp_path / "out" / "slide_dn.tif"
+    result = CliRunner().invoke(cli, ["translate", str(source), "-o", str(out), "--model", str(checkpoint), "-q"])
+    assert result.exit_code == 0, result.output
+    with openslide.OpenSlide(str(out)) as slide:
+        assert slide.dimensions == (2000, 3000)
+        assert slide.level_count >= 3
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+        assert float(slide.properties["openslide.mpp-y"]) == pytest.approx(0.5)
+    with tifffile.TiffFile(out) as tif:
+        levels = tif.series[0].levels
+        assert levels[0].shape == (3000, 2000, 3) and len(levels) >= 3
+        record = json.loads(tif.pages[0].description)
+    assert record["software"].startswith("dn ") and len(record["model_sha256"]) == 64 and record["mpp"] == 0.5
+    assert json.loads((out.parent / "slide_dn.tif.json").read_text()) == record
+    assert sorted(p.name for p in out.parent.iterdir()) == ["slide_dn.tif", "slide_dn.tif.json"]
+
+
+def test_lossless_pyramid_holds_exactly_the_translation(tmp_path, tissue, generator):
+    image = np.ascontiguousarray(tissue[:300, :350])
+    runner = TileRunner(generator, torch.device("cpu"))
+    canvas = Canvas(350, 300)
+    translate(ArrayImage(image), canvas, runner, tile_size=64)
+    out = tmp_path / "o.tif"
+    translate(ArrayImage(image), PyramidTiffSink(out, 350, 300, compression="deflate"), runner, tile_size=64)
+    np.testing.assert_array_equal(pyvips.Image.new_from_file(str(out)).numpy(), canvas.pixels)
+
+
+class FailingImage(ArrayImage):
+    """An image whose reads fail part-way, like a slide with a corrupt region (or a user's Ctrl-C)."""
+
+    def __init__(self, pixels, fail_after, error):
+        super().__init__(pixels)
+        self.reads_left, self.error = fail_after, error
+
+    def read(self, box: Box):
+        self.reads_left -= 1
+        if self.reads_left < 0:
+            raise self.error
+        return super().read(box)
+
+
+@pytest.mark.parametrize("policy", ["dn", "in"])
+@pytest.mark.parametrize("error", [InputError("corrupt tile"), KeyboardInterrupt()])
+def test_a_failure_mid_way_leaves_no_file(tmp_path, tissue, generator, policy, error):
+    out = tmp_path / "o.tif"
+    runner = TileRunner(generator, torch.device("cpu"))
+    with pytest.raises(type(error)):
+        translate(FailingImage(np.ascontiguousarray(tissue), 20, error), PyramidTiffSink(out, 512, 512), runner,
+                  policy=policy, tile_size=64)
+    assert list(tmp_path.iterdir()) == []
