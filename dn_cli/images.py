@@ -29,6 +29,8 @@ class ImageSource(Protocol):
         """The whole image shrunk so its longer side is at most ``max_side``, as uint8 RGB."""
         ...
 
+    def close(self) -> None: ...
+
 
 class Sink(Protocol):
     """Where output tiles go, in raster order; ``close`` completes the output, ``abort`` discards it."""
@@ -76,6 +78,9 @@ class ArrayImage:
 
     def read(self, box: Box) -> np.ndarray:
         return self.pixels[box.y : box.y + box.height, box.x : box.x + box.width]
+
+    def close(self) -> None:
+        pass
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         """Area-average by the smallest integer factor that fits ``max_side``."""

@@ -11,6 +11,7 @@ from dn_cli.cli.options import debug_option, model_options
 from dn_cli.geometry import default_margin
 from dn_cli.image_io import image_info
 from dn_cli.models import families, load_generator
+from dn_cli.slides import SlideImage, is_slide
 
 MODEL_SUFFIXES = {".pth", ".pt", ".ckpt", ".pkl", ".bin", ".tar"}
 
@@ -39,7 +40,7 @@ def print_record(record: dict, as_json: bool) -> None:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, list):
-            value = "; ".join(value) or "-"
+            value = "; ".join(map(str, value)) or "-"
         click.echo(f"{key.replace('_', ' ') + ':':24s}{value}")
 
 
@@ -50,8 +51,23 @@ def print_record(record: dict, as_json: bool) -> None:
 @debug_option
 def info(*, path: Path, arch: str | None, trust_code: bool, as_json: bool) -> None:
     """Describe PATH: a model (family, parameters, norm layers, stride) or an image (size, levels, µm/px)."""
-    is_model = path.suffix.lower() in MODEL_SUFFIXES
-    print_record(model_info(path, arch, trust_code) if is_model else image_info(path), as_json)
+    if path.suffix.lower() in MODEL_SUFFIXES:
+        record = model_info(path, arch, trust_code)
+    elif path.exists() and is_slide(path):
+        with SlideImage(path) as slide:
+            record = {
+                "path": str(path),
+                "kind": "slide",
+                "format": slide.vendor,
+                "width": slide.width,
+                "height": slide.height,
+                "levels": len(slide.levels),
+                "level_sizes": slide.levels,
+                "mpp": slide.mpp,
+            }
+    else:
+        record = image_info(path)
+    print_record(record, as_json)
 
 
 @click.command()

@@ -11,11 +11,12 @@ from tqdm import tqdm
 from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.geometry import default_margin
-from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_image, open_sink
+from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_sink
 from dn_cli.models import load_generator
 from dn_cli.pipeline import POLICIES, TileRunner
 from dn_cli.pipeline import translate as run_translation
 from dn_cli.provenance import provenance, write_sidecar
+from dn_cli.sources import open_source
 
 
 @click.command()
@@ -29,6 +30,21 @@ from dn_cli.provenance import provenance, write_sidecar
 )
 @model_path_option
 @model_options
+@click.option(
+    "--level", type=click.IntRange(min=0), default=None, help="Slide pyramid level to translate [default: 0]."
+)
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Translate at this pixel size (µm): the nearest finer level, shrunk by area averaging.",
+)
+@click.option(
+    "--mpp-override",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Full-resolution pixel size (µm) to assume when the file records none.",
+)
 @click.option(
     "--norm",
     "policy",
@@ -76,6 +92,9 @@ def translate(
     model_path: Path,
     arch: str | None,
     trust_code: bool,
+    level: int | None,
+    mpp: float | None,
+    mpp_override: float | None,
     policy: str,
     tile_size: int,
     margin: int | None,
@@ -92,47 +111,52 @@ def translate(
     check_output(output, overwrite)
     torch_device = select_device(device)
     dtype = autocast_dtype(precision, torch_device)
-    source = open_image(input_path)
-    generator = load_generator(model_path, arch=arch, trust_code=trust_code)
-    if generator.norm_layers == 0:
-        click.echo(f"dn: warning: {model_path.name} has no InstanceNorm layers: DN changes nothing", err=True)
-    if tissue:
-        click.echo("dn: warning: tissue detection applies to whole-slide images; translating every tile", err=True)
-    runner = TileRunner(generator, torch_device, dtype)
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # created on first use, so errors before any work print no empty bar
-            bar = tqdm(total=total, unit="tile", desc=input_path.name, disable=quiet, leave=False)
-        bar.update(done - bar.n)
-
-    margin = default_margin(tile_size, generator.stride) if margin is None else margin
-    settings = {"norm": policy, "tile_size": tile_size, "margin": margin, "mpp": source.mpp}
-    record = provenance(input_path, model_path, generator.family, settings)
-    sink = open_sink(
-        output,
-        source.width,
-        source.height,
-        mpp=source.mpp,
-        compression=compression,
-        quality=quality,
-        description=json.dumps(record),
-    )
+    if level is not None and mpp is not None:
+        raise click.UsageError("--level and --mpp choose the same thing: give one")
+    source = open_source(input_path, level=level, mpp=mpp, mpp_override=mpp_override)
     try:
-        run_translation(
-            source,
-            sink,
-            runner,
-            policy=policy,
-            tile_size=tile_size,
-            margin=margin,
-            batch_size=batch_size,
-            progress=progress,
+        generator = load_generator(model_path, arch=arch, trust_code=trust_code)
+        if generator.norm_layers == 0:
+            click.echo(f"dn: warning: {model_path.name} has no InstanceNorm layers: DN changes nothing", err=True)
+        if tissue:
+            click.echo("dn: warning: tissue detection applies to whole-slide images; translating every tile", err=True)
+        runner = TileRunner(generator, torch_device, dtype)
+        bar = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:  # created on first use, so errors before any work print no empty bar
+                bar = tqdm(total=total, unit="tile", desc=input_path.name, disable=quiet, leave=False)
+            bar.update(done - bar.n)
+
+        margin = default_margin(tile_size, generator.stride) if margin is None else margin
+        settings = {"norm": policy, "tile_size": tile_size, "margin": margin, "mpp": source.mpp}
+        record = provenance(input_path, model_path, generator.family, settings)
+        sink = open_sink(
+            output,
+            source.width,
+            source.height,
+            mpp=source.mpp,
+            compression=compression,
+            quality=quality,
+            description=json.dumps(record),
         )
-        write_sidecar(output, record)
+        try:
+            run_translation(
+                source,
+                sink,
+                runner,
+                policy=policy,
+                tile_size=tile_size,
+                margin=margin,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            write_sidecar(output, record)
+        finally:
+            if bar is not None:
+                bar.close()
     finally:
-        if bar is not None:
-            bar.close()
+        source.close()
     if not quiet:
         click.echo(f"{input_path} → {output} ({source.width}×{source.height}, --norm {policy})", err=True)

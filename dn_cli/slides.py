@@ -1,0 +1,130 @@
+"""Whole-slide images through OpenSlide: the only module that imports ``openslide``.
+
+A :class:`SlideImage` is one resolution of a slide, chosen by level or by pixel size, read by
+region in that resolution's pixels. Transparent areas (outside scanned regions) are composited
+onto the slide's own background colour, and MRXS-style bounds limit the image to the scanned
+area.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from dn_cli.errors import InputError
+from dn_cli.geometry import Box
+
+
+def is_slide(path: Path) -> bool:
+    """Whether OpenSlide reads ``path`` (SVS, NDPI, MRXS, SCN, BIF, Philips, DICOM, tiled TIFF...)."""
+    try:
+        return openslide.OpenSlide.detect_format(str(path)) is not None
+    except openslide.OpenSlideError:
+        return False
+
+
+def _hex_colour(value: str | None) -> np.ndarray:
+    value = (value or "ffffff").lstrip("#")
+    return np.array([int(value[i : i + 2], 16) for i in (0, 2, 4)], np.uint16)
+
+
+class SlideImage:
+    """One resolution of a whole-slide image, readable by region.
+
+    Args:
+        path: the slide file (for MRXS, the ``.mrxs`` file beside its data folder).
+        level: pyramid level to read (0 = full resolution).
+        mpp: target pixel size in µm: the nearest finer level is read and shrunk (area average).
+        mpp_override: the full-resolution pixel size to assume when the file records none (or a
+            wrong one).
+    """
+
+    def __init__(
+        self, path: Path, *, level: int | None = None, mpp: float | None = None, mpp_override: float | None = None
+    ) -> None:
+        try:
+            self._slide = openslide.OpenSlide(str(path))
+        except openslide.OpenSlideError as e:
+            raise InputError(f"cannot read {path} as a slide: {e}") from e
+        self.path = path
+        props = self._slide.properties
+        recorded = props.get(openslide.PROPERTY_NAME_MPP_X)
+        base_mpp = mpp_override or (float(recorded) if recorded else None)
+        if mpp is not None:
+            if base_mpp is None:
+                raise InputError(
+                    f"{path.name} records no pixel size: give it with --mpp-override (µm per pixel at full resolution)"
+                )
+            self.level = self._slide.get_best_level_for_downsample(mpp / base_mpp + 1e-9)
+            self.scale = mpp / (base_mpp * self._slide.level_downsamples[self.level])
+        else:
+            self.level = level or 0
+            if not 0 <= self.level < self._slide.level_count:
+                raise InputError(f"{path.name} has levels 0 to {self._slide.level_count - 1}, not {self.level}")
+            self.scale = 1.0
+        # Total downsample from level 0 to the pixels this image serves.
+        self.downsample = self._slide.level_downsamples[self.level] * self.scale
+        self.mpp = base_mpp * self.downsample if base_mpp else None
+        full_w, full_h = self._slide.dimensions
+        self._x0 = int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0))
+        self._y0 = int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0))
+        bounds_w = int(props.get(openslide.PROPERTY_NAME_BOUNDS_WIDTH, full_w))
+        bounds_h = int(props.get(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, full_h))
+        self.width, self.height = int(bounds_w / self.downsample), int(bounds_h / self.downsample)
+        self.background = _hex_colour(props.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR))
+        self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
+
+    def __repr__(self) -> str:
+        return f"SlideImage({str(self.path)!r}, level={self.level}, {self.width}×{self.height}, mpp={self.mpp})"
+
+    def __enter__(self) -> SlideImage:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._slide.close()
+
+    @property
+    def levels(self) -> list[tuple[int, int]]:
+        """(width, height) of every level of the slide."""
+        return list(self._slide.level_dimensions)
+
+    def read(self, box: Box) -> np.ndarray:
+        """``(height, width, 3)`` uint8 RGB of a box in this image's pixels."""
+        origin = (self._x0 + round(box.x * self.downsample), self._y0 + round(box.y * self.downsample))
+        size = (math.ceil(box.width * self.scale), math.ceil(box.height * self.scale))
+        try:
+            region = self._slide.read_region(origin, self.level, size)
+        except openslide.OpenSlideError as e:
+            raise InputError(f"cannot read {self.path.name} at {origin} (level {self.level}): {e}") from e
+        if self.scale != 1.0:
+            region = region.resize((box.width, box.height), Image.Resampling.BOX)  # area average
+        return self._opaque(np.asarray(region))
+
+    def _opaque(self, rgba: np.ndarray) -> np.ndarray:
+        # Not premultiplied: composite onto the slide's background, never drop alpha (that turns
+        # transparent areas black).
+        alpha = rgba[..., 3:].astype(np.uint16)
+        if alpha.min() == 255:
+            return rgba[..., :3]
+        rgb = (rgba[..., :3] * alpha + self.background * (255 - alpha) + 127) // 255
+        return rgb.astype(np.uint8)
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        """The image shrunk so its longer side is at most ``max_side``, from the coarsest level that suffices."""
+        factor = max(self.width, self.height) / max_side
+        level = self._slide.get_best_level_for_downsample(self.downsample * max(factor, 1))
+        level_ds = self._slide.level_downsamples[level]
+        region = self._slide.read_region(
+            (self._x0, self._y0),
+            level,
+            (math.ceil(self.width * self.downsample / level_ds), math.ceil(self.height * self.downsample / level_ds)),
+        )
+        size = (max(1, round(self.width / max(factor, 1))), max(1, round(self.height / max(factor, 1))))
+        return self._opaque(np.asarray(region.resize(size, Image.Resampling.BOX)))
