@@ -21,7 +21,8 @@ from dn_cli.pipeline import TileRunner, translate
 def slide_file(path, pixels, mpp=0.5):
     """A generic tiled pyramidal TIFF with a pixel size, as a scanner export would be."""
     pyvips.Image.new_from_array(pixels, interpretation="srgb").tiffsave(
-        str(path), tile=True, pyramid=True, compression="jpeg", Q=90, xres=1000 / mpp, yres=1000 / mpp, resunit="cm")
+        str(path), tile=True, pyramid=True, compression="jpeg", Q=90, xres=1000 / mpp, yres=1000 / mpp, resunit="cm"
+    )
     return path
 
 
@@ -80,6 +81,11 @@ def test_a_failure_mid_way_leaves_no_file(tmp_path, tissue, generator, policy, e
     out = tmp_path / "o.tif"
     runner = TileRunner(generator, torch.device("cpu"))
     with pytest.raises(type(error)):
-        translate(FailingImage(np.ascontiguousarray(tissue), 20, error), PyramidTiffSink(out, 512, 512), runner,
-                  policy=policy, tile_size=64)
+        translate(
+            FailingImage(np.ascontiguousarray(tissue), 20, error),
+            PyramidTiffSink(out, 512, 512),
+            runner,
+            policy=policy,
+            tile_size=64,
+        )
     assert list(tmp_path.iterdir()) == []

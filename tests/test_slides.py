@@ -1,0 +1,104 @@
+"""Whole-slide input through OpenSlide: levels, pixel size, background, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import pyvips
+import tifffile
+from click.testing import CliRunner
+
+from dn_cli.cli import cli
+from dn_cli.errors import InputError
+from dn_cli.geometry import Box
+from dn_cli.slides import SlideImage
+from dn_cli.sources import open_source
+
+from .test_pyramid_output import slide_file
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory, tissue):
+    """1024 × 768 of real tissue as a tiled pyramidal TIFF at 0.25 µm/px (losslessly compressed)."""
+    pixels = np.ascontiguousarray(np.pad(tissue, ((0, 256), (0, 512), (0, 0)), mode="symmetric")[:768, :1024])
+    path = tmp_path_factory.mktemp("slides") / "slide.tif"
+    pyvips.Image.new_from_array(pixels, interpretation="srgb").tiffsave(
+        str(path), tile=True, pyramid=True, compression="deflate", xres=4000, yres=4000, resunit="cm"
+    )
+    return path, pixels
+
+
+def test_full_resolution_reads_are_the_pixels(slide):
+    path, pixels = slide
+    with open_source(path) as source:
+        assert isinstance(source, SlideImage)
+        assert (source.width, source.height, source.mpp) == (1024, 768, 0.25)
+        np.testing.assert_array_equal(source.read(Box(100, 50, 300, 200)), pixels[50:250, 100:400])
+
+
+def test_level_and_mpp_choose_the_resolution(slide):
+    path, pixels = slide
+    with SlideImage(path, level=1) as level1:
+        assert (level1.width, level1.height, level1.mpp) == (512, 384, 0.5)
+    with SlideImage(path, mpp=1.0) as coarse:  # level 2 exactly
+        assert (coarse.level, coarse.scale, coarse.width) == (2, 1.0, 256)
+    with SlideImage(path, mpp=0.75) as between:  # read level 1 (0.5), shrink by 1.5 with an area average
+        assert (between.level, between.width, between.height) == (1, 341, 256)
+        assert between.mpp == pytest.approx(0.75)
+        patch = between.read(Box(10, 10, 40, 40))
+        assert patch.shape == (40, 40, 3) and abs(patch.mean() - pixels[30:150, 30:150].mean()) < 3  # 40 × 0.75 / 0.25
+
+
+def test_missing_pixel_size_suggests_the_override(tmp_path, tissue):
+    path = tmp_path / "nompp.tif"
+    tifffile.imwrite(path, tissue, tile=(256, 256), photometric="rgb")  # no resolution tags at all
+    with pytest.raises(InputError, match="--mpp-override"):
+        SlideImage(path, mpp=1.0)
+    with SlideImage(path, mpp=1.0, mpp_override=0.5) as slide:
+        assert (slide.width, slide.mpp) == (256, 1.0)
+    with pytest.raises(InputError, match="levels 0 to"):
+        SlideImage(path, level=9)
+
+
+def test_transparent_pixels_take_the_slide_background(slide):
+    path, _ = slide
+    with SlideImage(path) as source:
+        source.background = np.array([10, 20, 30], np.uint16)
+        rgba = np.zeros((2, 2, 4), np.uint8)
+        rgba[0, 0] = [200, 100, 50, 255]  # opaque
+        rgba[1, 1] = [200, 100, 50, 128]  # half transparent
+        out = source._opaque(rgba)
+    assert out[0, 0].tolist() == [200, 100, 50] and out[0, 1].tolist() == [10, 20, 30]
+    assert out[1, 1].tolist() == [105, 60, 40]
+
+
+def test_translate_a_slide_at_a_chosen_pixel_size(tmp_path, slide, checkpoint):
+    path, _ = slide
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "translate",
+            str(path),
+            "-o",
+            str(out),
+            "--model",
+            str(checkpoint),
+            "--mpp",
+            "0.5",
+            "--tile-size",
+            "128",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).stdout)
+    assert (info["kind"], info["width"], info["height"], info["mpp"]) == ("slide", 512, 384, 0.5)
+
+
+def test_level_and_mpp_on_an_ordinary_image_are_refused(tmp_path, tissue, checkpoint):
+    png = tmp_path / "a.png"
+    pyvips.Image.new_from_array(np.ascontiguousarray(tissue)).write_to_file(str(png))
+    result = CliRunner().invoke(cli, ["translate", str(png), "-o", str(tmp_path / "o.tif"), "--level", "1"])
+    assert result.exit_code == 1 and "not a whole-slide image" in result.stderr
+    assert slide_file  # the shared fixture maker stays importable
