@@ -18,9 +18,10 @@ from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast
 from dn_cli.errors import ModelError
 from dn_cli.geometry import TileGrid, check_geometry, default_margin
-from dn_cli.images import ImageSource, Sink, read_padded
+from dn_cli.images import ImageSource, Sink
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
+from dn_cli.prefetch import TileReader
 from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
 
 Policy = Literal["dn", "in", "kin", "tin"]
@@ -140,31 +141,30 @@ def translate(
         slots = rows_in_flight(steps, grid.cols)
         moments = MomentRing(runner.layout, grid.rows, grid.cols, slots, runner.device)
 
-    def read(tiles: range) -> list[np.ndarray]:
-        return [read_padded(source, grid.padded_box(*grid.position(i))) for i in tiles]
-
-    # Tiles read ahead for collection wait here until applied: each tile is read once.
+    # Collected tiles are read once, ahead of the model, and wait here until applied.
+    reading = [s.tiles for s in steps if s.kind == "collect"] or [s.tiles for s in steps]
     pending: dict[int, np.ndarray] = {}
     applied = 0
     if progress is not None:
         progress(0, len(grid))
     try:
-        for step in steps:
-            if step.kind == "collect":
-                batch = read(step.tiles)
-                pending.update(zip(step.tiles, batch, strict=True))
-                oldest_needed_row = grid.position(applied)[0] - 1
-                moments.write(step.tiles, runner.collect(np.stack(batch)), oldest_needed_row)
-                continue
-            batch = [pending.pop(i) for i in step.tiles] if step.tiles[0] in pending else read(step.tiles)
-            neighbourhood = moments.gather(step.tiles) if moments is not None else None
-            out = runner.apply(np.stack(batch), neighbourhood, margin, tile_size)
-            for i, pixels in zip(step.tiles, out, strict=True):
-                box = grid.output_box(*grid.position(i))
-                sink.write(box, pixels[: box.height, : box.width])
-            applied = step.tiles.stop
-            if progress is not None:
-                progress(applied, len(grid))
+        with TileReader(source, grid, reading) as reader:
+            for step in steps:
+                if step.kind == "collect":
+                    batch = reader.read(step.tiles)
+                    pending.update(zip(step.tiles, batch, strict=True))
+                    oldest_needed_row = grid.position(applied)[0] - 1
+                    moments.write(step.tiles, runner.collect(np.stack(batch)), oldest_needed_row)
+                    continue
+                batch = [pending.pop(i) for i in step.tiles] if pending else reader.read(step.tiles)
+                neighbourhood = moments.gather(step.tiles) if moments is not None else None
+                out = runner.apply(np.stack(batch), neighbourhood, margin, tile_size)
+                for i, pixels in zip(step.tiles, out, strict=True):
+                    box = grid.output_box(*grid.position(i))
+                    sink.write(box, pixels[: box.height, : box.width])
+                applied = step.tiles.stop
+                if progress is not None:
+                    progress(applied, len(grid))
     except BaseException:
         sink.abort()  # an error or Ctrl-C leaves nothing behind
         raise
