@@ -210,7 +210,8 @@ class PyramidTiffSink:
                 return
             except queue.Full:
                 continue
-        self._raise_failure()
+        if data is not None or self._failure is not None:  # the end marker may find the writer done
+            self._raise_failure()
 
     def _raise_failure(self) -> None:
         self._tmp.unlink(missing_ok=True)

@@ -82,6 +82,12 @@ class ArrayImage:
     def close(self) -> None:
         pass
 
+    def __enter__(self) -> ArrayImage:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
     def thumbnail(self, max_side: int) -> np.ndarray:
         """Area-average by the smallest integer factor that fits ``max_side``."""
         factor = -(-max(self.width, self.height) // max_side)

@@ -1,16 +1,21 @@
-"""``dn translate``: one image in, its translation out."""
+"""``dn translate``: images and whole slides in, their translations out; one or a whole batch."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
+from dn_cli.batch import DEFAULT_PATTERNS, expand_inputs, output_for, parse_shard, shard
 from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
-from dn_cli.geometry import default_margin
+from dn_cli.errors import DnError
+from dn_cli.geometry import check_geometry, default_margin
 from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_sink
 from dn_cli.models import load_generator
 from dn_cli.pipeline import POLICIES, TileRunner
@@ -19,14 +24,90 @@ from dn_cli.provenance import provenance, write_sidecar
 from dn_cli.sources import open_source
 
 
+@dataclass(frozen=True)
+class Settings:
+    """Everything about how one slide is translated, shared by every slide of a batch."""
+
+    model_path: Path
+    family: str
+    level: int | None
+    mpp: float | None
+    mpp_override: float | None
+    policy: str
+    tile_size: int
+    margin: int
+    batch_size: int
+    compression: str
+    quality: int
+    quiet: bool
+
+
+def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settings, label: str) -> dict:
+    """Translate one image or slide into ``output``; returns what was done, for --json."""
+    start = time.perf_counter()
+    with open_source(source_path, level=s.level, mpp=s.mpp, mpp_override=s.mpp_override) as source:
+        record = provenance(
+            source_path,
+            s.model_path,
+            s.family,
+            {"norm": s.policy, "tile_size": s.tile_size, "margin": s.margin, "mpp": source.mpp},
+        )
+        sink = open_sink(
+            output,
+            source.width,
+            source.height,
+            mpp=source.mpp,
+            compression=s.compression,
+            quality=s.quality,
+            description=json.dumps(record),
+        )
+        bars: list[tqdm] = []
+
+        def progress(done: int, total: int) -> None:
+            if not bars:  # made on the first report, when the tile count is known
+                bars.append(tqdm(total=total, unit="tile", desc=label, disable=s.quiet, leave=False))
+            bars[0].update(done - bars[0].n)
+
+        try:
+            grid = run_translation(
+                source,
+                sink,
+                runner,
+                policy=s.policy,
+                tile_size=s.tile_size,
+                margin=s.margin,
+                batch_size=s.batch_size,
+                progress=progress,
+            )
+        finally:
+            for bar in bars:
+                bar.close()
+        write_sidecar(output, record)
+        return {
+            "width": source.width,
+            "height": source.height,
+            "mpp": source.mpp,
+            "tiles": len(grid),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+
+
+def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
+    """The paths given, with ``-`` replaced by the paths on stdin (one per line)."""
+    paths = [p for p in inputs if str(p) != "-"]
+    if any(str(p) == "-" for p in inputs):
+        paths += [Path(line.strip()) for line in sys.stdin if line.strip()]
+    return paths
+
+
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
     required=True,
-    help="Output image; the format follows the extension (.png, .jpg, .tif).",
+    help="Output file for one input (.tif pyramidal, .png, .jpg); a folder for several (NAME.tif each).",
 )
 @model_path_option
 @model_options
@@ -82,12 +163,32 @@ from dn_cli.sources import open_source
 @click.option(
     "--quality", type=click.IntRange(1, 100), default=85, show_default=True, help="JPEG / WebP quality of TIFF outputs."
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--recursive", is_flag=True, help="Search input folders recursively.")
+@click.option(
+    "--pattern",
+    "patterns",
+    multiple=True,
+    help="File pattern for input folders (repeatable) [default: slide and image formats].",
+)
+@click.option(
+    "--shard",
+    "shard_spec",
+    default=None,
+    help="Translate only shard K of N of the sorted inputs (e.g. $SLURM_ARRAY_TASK_ID/8).",
+)
+@click.option("--fail-fast", is_flag=True, help="Stop at the first slide that fails.")
+@click.option("--dry-run", is_flag=True, help="List what would be done, and do nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per slide on stdout.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace existing outputs (otherwise: refused for one file, skipped in a batch)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @debug_option
+@click.pass_context
 def translate(
+    ctx: click.Context,
     *,
-    input_path: Path,
+    inputs: tuple[Path, ...],
     output: Path,
     model_path: Path,
     arch: str | None,
@@ -104,59 +205,103 @@ def translate(
     tissue: bool | None,
     compression: str,
     quality: int,
+    recursive: bool,
+    patterns: tuple[str, ...],
+    shard_spec: str | None,
+    fail_fast: bool,
+    dry_run: bool,
+    as_json: bool,
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Translate INPUT with a generator, tile by tile, without tiling artifacts."""
-    check_output(output, overwrite)
-    torch_device = select_device(device)
-    dtype = autocast_dtype(precision, torch_device)
+    """Translate INPUT images or slides with a generator, tile by tile, without tiling artifacts.
+
+    INPUT may be files, folders (searched for slides and images), or - to read paths from stdin.
+    """
     if level is not None and mpp is not None:
         raise click.UsageError("--level and --mpp choose the same thing: give one")
-    source = open_source(input_path, level=level, mpp=mpp, mpp_override=mpp_override)
-    try:
-        generator = load_generator(model_path, arch=arch, trust_code=trust_code)
-        if generator.norm_layers == 0:
-            click.echo(f"dn: warning: {model_path.name} has no InstanceNorm layers: DN changes nothing", err=True)
-        if tissue:
-            click.echo("dn: warning: tissue detection applies to whole-slide images; translating every tile", err=True)
-        runner = TileRunner(generator, torch_device, dtype)
-        bar = None
+    paths = read_inputs(inputs)
+    slides = expand_inputs(paths, recursive=recursive, patterns=patterns or DEFAULT_PATTERNS)
+    if shard_spec:
+        slides = shard(slides, *parse_shard(shard_spec))
+    one_file = len(paths) == 1 and not paths[0].is_dir() and str(inputs[0]) != "-" and not output.is_dir()
+    if one_file:
+        check_output(output, overwrite)
+        jobs = [(paths[0], output)]
+    else:
+        jobs = [(source, output_for(source, output)) for source in slides]
+    if not jobs:
+        raise DnError(f"no slides or images found in {', '.join(map(str, paths)) or 'stdin'}")
 
-        def progress(done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None:  # created on first use, so errors before any work print no empty bar
-                bar = tqdm(total=total, unit="tile", desc=input_path.name, disable=quiet, leave=False)
-            bar.update(done - bar.n)
-
-        margin = default_margin(tile_size, generator.stride) if margin is None else margin
-        settings = {"norm": policy, "tile_size": tile_size, "margin": margin, "mpp": source.mpp}
-        record = provenance(input_path, model_path, generator.family, settings)
-        sink = open_sink(
-            output,
-            source.width,
-            source.height,
-            mpp=source.mpp,
-            compression=compression,
-            quality=quality,
-            description=json.dumps(record),
-        )
-        try:
-            run_translation(
-                source,
-                sink,
-                runner,
-                policy=policy,
-                tile_size=tile_size,
-                margin=margin,
-                batch_size=batch_size,
-                progress=progress,
+    if dry_run:
+        for source, target in jobs:
+            action = "skip (exists)" if target.exists() and not overwrite and not one_file else "translate"
+            emit(
+                {"input": str(source), "output": str(target), "action": action},
+                as_json,
+                f"{action}: {source} → {target}",
             )
-            write_sidecar(output, record)
-        finally:
-            if bar is not None:
-                bar.close()
-    finally:
-        source.close()
-    if not quiet:
-        click.echo(f"{input_path} → {output} ({source.width}×{source.height}, --norm {policy})", err=True)
+        return
+
+    torch_device = select_device(device)
+    generator = load_generator(model_path, arch=arch, trust_code=trust_code)
+    if generator.norm_layers == 0:
+        click.echo(f"dn: warning: {model_path.name} has no InstanceNorm layers: DN changes nothing", err=True)
+    if tissue:
+        click.echo("dn: warning: tissue detection is not implemented yet; translating every tile", err=True)
+    margin = default_margin(tile_size, generator.stride) if margin is None else margin
+    check_geometry(tile_size, margin, generator.stride)  # once, before any slide
+    runner = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
+    settings = Settings(
+        model_path,
+        generator.family,
+        level,
+        mpp,
+        mpp_override,
+        policy,
+        tile_size,
+        margin,
+        batch_size,
+        compression,
+        quality,
+        quiet,
+    )
+
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    failed: list[str] = []
+    for number, (source, target) in enumerate(jobs, 1):
+        record = {"input": str(source), "output": str(target)}
+        label = f"[{number}/{len(jobs)}] {source.name}" if len(jobs) > 1 else source.name
+        if not one_file and target.exists() and not overwrite:
+            record["status"] = "skipped"
+        elif one_file:
+            record |= translate_one(source, target, runner, settings, label) | {"status": "done"}
+        else:
+            try:
+                record |= translate_one(source, target, runner, settings, label) | {"status": "done"}
+            except Exception as e:  # each slide fails alone
+                if ctx.meta.get("dn.debug"):
+                    raise
+                message = str(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {e}"
+                click.echo(f"dn: error: {source}: {message.strip().splitlines()[0]}", err=True)
+                record |= {"status": "failed", "error": message}
+                failed.append(source.name)
+        counts[record["status"]] += 1
+        emit(record, as_json, None if quiet else f"{label}: {record['status']} → {target}")
+        if failed and fail_fast:
+            break
+    if len(jobs) > 1 or failed:
+        summary = (
+            f"{len(jobs)} inputs: {counts['done']} translated, {counts['skipped']} skipped, {counts['failed']} failed"
+        )
+        click.echo(summary + (f" ({', '.join(failed)})" if failed else ""), err=True)
+    if failed:
+        ctx.exit(1)
+
+
+def emit(record: dict, as_json: bool, text: str | None) -> None:
+    """A finished slide: a JSON line on stdout for pipelines, or a line on stderr for people."""
+    if as_json:
+        click.echo(json.dumps(record))
+    elif text:
+        click.echo(text, err=True)
