@@ -257,3 +257,13 @@ def open_sink(
             path, width, height, mpp=mpp, compression=compression, quality=quality, description=description
         )
     return ImageFileSink(path, width, height)
+
+
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """Write a small uint8 RGB picture (QC overlays, previews) atomically."""
+    tmp = temporary_beside(path, ".partial.png")
+    try:
+        pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb").pngsave(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast
 from dn_cli.errors import ModelError
 from dn_cli.geometry import TileGrid, check_geometry, default_margin
-from dn_cli.images import ImageSource, Sink
+from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
 from dn_cli.prefetch import TileReader
@@ -99,6 +99,17 @@ def fit_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, index: int) -> np.ndarray:
+    """The model's output colour for an empty tile: the median of one skipped tile, translated.
+
+    Filling skipped tiles with it (not with the input's glass colour) keeps them the same shade
+    as the glass that translated tiles around the tissue show.
+    """
+    tile = read_padded(source, grid.padded_box(*grid.position(index)))
+    out = runner.apply(tile[None], None, grid.margin, grid.tile_size)
+    return np.median(out.reshape(-1, 3), axis=0).astype(np.uint8)
+
+
 def translate(
     source: ImageSource,
     sink: Sink,
@@ -109,6 +120,7 @@ def translate(
     margin: int | None = None,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    active: np.ndarray | None = None,
     two_pass_oracle: bool = False,
 ) -> TileGrid:
     """Translate ``source`` into ``sink`` tile by tile with the given normalisation policy.
@@ -117,6 +129,9 @@ def translate(
         policy: ``dn`` dense moments, ``in`` per-tile, ``kin`` 3 × 3 mean, ``tin`` thumbnail.
         margin: context read around each tile; None picks DESIGN.md's default for the model.
         progress: called with (tiles done, tiles total) before the first and after each applied batch.
+        active: ``(rows, cols)`` booleans; inactive tiles (glass) are neither read nor run: they
+            are filled with the model's own rendering of glass and masked out of their
+            neighbours' DN moments.
         two_pass_oracle: collect every tile before applying any (the reference the single pass
             must match; memory grows with the grid area).
     """
@@ -141,26 +156,42 @@ def translate(
         slots = rows_in_flight(steps, grid.cols)
         moments = MomentRing(runner.layout, grid.rows, grid.cols, slots, runner.device)
 
+    background = np.zeros(3, np.uint8)
+    if active is not None and not active.all():
+        background = glass_colour(source, grid, runner, int(np.flatnonzero(~active)[0]))
+
+    def active_of(tiles: range) -> list[int]:
+        return [i for i in tiles if active is None or active.flat[i]]
+
+    # Skipped tiles drop out of collection; apply steps keep them, to write background in order.
+    plan = [(step, active_of(step.tiles)) for step in steps]
+    plan = [(step, tiles) for step, tiles in plan if tiles or step.kind == "apply"]
     # Collected tiles are read once, ahead of the model, and wait here until applied.
-    reading = [s.tiles for s in steps if s.kind == "collect"] or [s.tiles for s in steps]
+    reading = [tiles for step, tiles in plan if step.kind == "collect"] or [tiles for _, tiles in plan if tiles]
     pending: dict[int, np.ndarray] = {}
     applied = 0
     if progress is not None:
         progress(0, len(grid))
     try:
         with TileReader(source, grid, reading) as reader:
-            for step in steps:
+            for step, tiles in plan:
                 if step.kind == "collect":
-                    batch = reader.read(step.tiles)
-                    pending.update(zip(step.tiles, batch, strict=True))
+                    batch = reader.read(tiles)
+                    pending.update(zip(tiles, batch, strict=True))
                     oldest_needed_row = grid.position(applied)[0] - 1
-                    moments.write(step.tiles, runner.collect(np.stack(batch)), oldest_needed_row)
+                    moments.write(tiles, runner.collect(np.stack(batch)), oldest_needed_row)
                     continue
-                batch = [pending.pop(i) for i in step.tiles] if pending else reader.read(step.tiles)
-                neighbourhood = moments.gather(step.tiles) if moments is not None else None
-                out = runner.apply(np.stack(batch), neighbourhood, margin, tile_size)
-                for i, pixels in zip(step.tiles, out, strict=True):
+                translated = {}
+                if tiles:
+                    batch = [pending.pop(i) for i in tiles] if pending else reader.read(tiles)
+                    neighbourhood = moments.gather(tiles) if moments is not None else None
+                    out = runner.apply(np.stack(batch), neighbourhood, margin, tile_size)
+                    translated = dict(zip(tiles, out, strict=True))
+                for i in step.tiles:  # raster order, which the sinks rely on
                     box = grid.output_box(*grid.position(i))
+                    pixels = (
+                        translated[i] if i in translated else np.broadcast_to(background, (tile_size, tile_size, 3))
+                    )
                     sink.write(box, pixels[: box.height, : box.width])
                 applied = step.tiles.stop
                 if progress is not None:

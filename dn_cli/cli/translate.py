@@ -15,13 +15,15 @@ from dn_cli.batch import DEFAULT_PATTERNS, expand_inputs, output_for, parse_shar
 from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.errors import DnError
-from dn_cli.geometry import check_geometry, default_margin
-from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_sink
+from dn_cli.geometry import TileGrid, check_geometry, default_margin
+from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_sink, save_png
 from dn_cli.models import load_generator
 from dn_cli.pipeline import POLICIES, TileRunner
 from dn_cli.pipeline import translate as run_translation
 from dn_cli.provenance import provenance, write_sidecar
+from dn_cli.slides import SlideImage
 from dn_cli.sources import open_source
+from dn_cli.tissue import overlay, select_tiles
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class Settings:
     batch_size: int
     compression: str
     quality: int
+    tissue: bool | None
+    min_tissue: float
+    tissue_mask: Path | None
     quiet: bool
 
 
@@ -46,12 +51,26 @@ def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settin
     """Translate one image or slide into ``output``; returns what was done, for --json."""
     start = time.perf_counter()
     with open_source(source_path, level=s.level, mpp=s.mpp, mpp_override=s.mpp_override) as source:
-        record = provenance(
-            source_path,
-            s.model_path,
-            s.family,
-            {"norm": s.policy, "tile_size": s.tile_size, "margin": s.margin, "mpp": source.mpp},
-        )
+        grid = TileGrid(source.width, source.height, s.tile_size, s.margin)
+        active = None
+        if s.tissue if s.tissue is not None else isinstance(source, SlideImage):  # default: on for slides only
+            active, mask, thumbnail = select_tiles(source, grid, min_tissue=s.min_tissue)
+            if s.tissue_mask is not None:
+                qc = (
+                    s.tissue_mask
+                    if s.tissue_mask.suffix.lower() == ".png"
+                    else s.tissue_mask / f"{source_path.stem}_tissue.png"
+                )
+                qc.parent.mkdir(parents=True, exist_ok=True)
+                save_png(overlay(thumbnail, mask, active, grid), qc)
+        settings = {
+            "norm": s.policy,
+            "tile_size": s.tile_size,
+            "margin": s.margin,
+            "mpp": source.mpp,
+            "tissue_tiles": None if active is None else int(active.sum()),
+        }
+        record = provenance(source_path, s.model_path, s.family, settings)
         sink = open_sink(
             output,
             source.width,
@@ -69,7 +88,7 @@ def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settin
             bars[0].update(done - bars[0].n)
 
         try:
-            grid = run_translation(
+            run_translation(
                 source,
                 sink,
                 runner,
@@ -78,6 +97,7 @@ def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settin
                 margin=s.margin,
                 batch_size=s.batch_size,
                 progress=progress,
+                active=active,
             )
         finally:
             for bar in bars:
@@ -88,6 +108,7 @@ def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settin
             "height": source.height,
             "mpp": source.mpp,
             "tiles": len(grid),
+            "tiles_skipped": 0 if active is None else int((~active).sum()),
             "seconds": round(time.perf_counter() - start, 2),
         }
 
@@ -151,7 +172,9 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
     help="Model precision on the device (statistics stay float32); auto is fp16 on CUDA.",
 )
 @click.option(
-    "--tissue/--no-tissue", default=None, help="Skip background tiles (whole-slide images; off for ordinary images)."
+    "--tissue/--no-tissue",
+    default=None,
+    help="Detect tissue and skip glass tiles [default: on for whole-slide images, off for ordinary images].",
 )
 @click.option(
     "--compression",
@@ -162,6 +185,19 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
 )
 @click.option(
     "--quality", type=click.IntRange(1, 100), default=85, show_default=True, help="JPEG / WebP quality of TIFF outputs."
+)
+@click.option(
+    "--min-tissue",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Fraction of tissue below which a tile is written as background and masked out of DN.",
+)
+@click.option(
+    "--tissue-mask",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Save a tissue QC overlay: a .png path, or a folder for NAME_tissue.png per slide.",
 )
 @click.option("--recursive", is_flag=True, help="Search input folders recursively.")
 @click.option(
@@ -203,6 +239,8 @@ def translate(
     device: str,
     precision: str,
     tissue: bool | None,
+    min_tissue: float,
+    tissue_mask: Path | None,
     compression: str,
     quality: int,
     recursive: bool,
@@ -247,24 +285,25 @@ def translate(
     generator = load_generator(model_path, arch=arch, trust_code=trust_code)
     if generator.norm_layers == 0:
         click.echo(f"dn: warning: {model_path.name} has no InstanceNorm layers: DN changes nothing", err=True)
-    if tissue:
-        click.echo("dn: warning: tissue detection is not implemented yet; translating every tile", err=True)
     margin = default_margin(tile_size, generator.stride) if margin is None else margin
     check_geometry(tile_size, margin, generator.stride)  # once, before any slide
     runner = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
     settings = Settings(
-        model_path,
-        generator.family,
-        level,
-        mpp,
-        mpp_override,
-        policy,
-        tile_size,
-        margin,
-        batch_size,
-        compression,
-        quality,
-        quiet,
+        model_path=model_path,
+        family=generator.family,
+        level=level,
+        mpp=mpp,
+        mpp_override=mpp_override,
+        policy=policy,
+        tile_size=tile_size,
+        margin=margin,
+        batch_size=batch_size,
+        compression=compression,
+        quality=quality,
+        tissue=tissue,
+        min_tissue=min_tissue,
+        tissue_mask=tissue_mask,
+        quiet=quiet,
     )
 
     counts = {"done": 0, "skipped": 0, "failed": 0}

@@ -1,0 +1,95 @@
+"""Tissue detection and skipping glass tiles."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyvips
+import torch
+from click.testing import CliRunner
+
+from dn_cli.cli import cli
+from dn_cli.geometry import Box, TileGrid
+from dn_cli.images import ArrayImage, Canvas
+from dn_cli.pipeline import TileRunner, translate
+from dn_cli.sources import open_source
+from dn_cli.tissue import otsu_threshold, select_tiles, tissue_mask
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample_ihc.tif"
+
+
+def test_otsu_splits_two_populations():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.2, 0.03, 1000), rng.normal(0.7, 0.05, 500)]).clip(0, 1)
+    truth = np.arange(1500) >= 1000
+    assert ((values > otsu_threshold(values)) == truth).mean() > 0.99
+    assert 0 <= otsu_threshold(np.full(100, 0.02)) <= 1  # one population: defined, not NaN
+
+
+def test_sample_slide_tissue_is_found_and_glass_is_not(tissue):
+    with open_source(SAMPLE) as slide:
+        grid = TileGrid(slide.width, slide.height, 512, 16)
+        active, mask, thumbnail = select_tiles(slide, grid, min_tissue=0.05)
+    assert 0.08 < mask.mean() < 0.3  # six sections on a mostly empty slide
+    assert 5 < active.sum() < len(grid)
+    assert not active[-1].any()  # the bottom row of tiles is glass
+    glass = np.full((200, 200, 3), 240, np.uint8) + np.random.default_rng(0).integers(0, 4, (200, 200, 1), np.uint8)
+    assert not tissue_mask(glass, mpp=8.0).any()
+    assert tissue_mask(np.ascontiguousarray(tissue[::8, ::8]), mpp=8.0).mean() > 0.9
+
+
+class CountingImage(ArrayImage):
+    def __init__(self, pixels):
+        super().__init__(pixels)
+        self.boxes = []
+
+    def read(self, box: Box):
+        self.boxes.append(box)
+        return super().read(box)
+
+
+def test_skipped_tiles_are_not_read_and_are_masked_out_of_dn(tissue, generator):
+    image = np.ascontiguousarray(tissue[:256, :320])
+    active = np.ones((4, 5), bool)
+    active[1, 2] = active[3, 0] = False
+    runner = TileRunner(generator, torch.device("cpu"))
+    outputs = []
+    for oracle in (False, True):
+        source, canvas = CountingImage(image), Canvas(320, 256)
+        translate(source, canvas, runner, tile_size=64, margin=16, batch_size=3, active=active, two_pass_oracle=oracle)
+        outputs.append(canvas.pixels)
+        # One read per active tile, plus one of the first skipped tile (padded, it starts at
+        # (112, 48)) to learn the model's glass colour; the other skipped tile is never read.
+        assert len(source.boxes) == active.sum() + 1
+        assert [(b.x, b.y) for b in source.boxes].count((112, 48)) == 1
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    fill = outputs[0][192:256, 0:64]
+    assert (fill == fill[0, 0]).all() and (outputs[0][64:128, 128:192] == fill[0, 0]).all()
+
+
+def test_cli_skips_glass_on_slides_by_default_and_saves_a_qc_overlay(tmp_path):
+    out, qc = tmp_path / "out.tif", tmp_path / "qc" / "mask.png"
+    result = CliRunner().invoke(
+        cli, ["translate", str(SAMPLE), "-o", str(out), "--tile-size", "512", "-q", "--json", "--tissue-mask", str(qc)]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert 0 < record["tiles_skipped"] < record["tiles"]
+    assert pyvips.Image.new_from_file(str(qc)).width > 100
+    none = CliRunner().invoke(
+        cli,
+        [
+            "translate",
+            str(SAMPLE),
+            "-o",
+            str(tmp_path / "all.tif"),
+            "--no-tissue",
+            "-q",
+            "--json",
+            "--level",
+            "2",
+            "--tile-size",
+            "128",
+        ],
+    )
+    assert json.loads(none.stdout)["tiles_skipped"] == 0
