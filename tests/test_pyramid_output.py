@@ -89,3 +89,39 @@ def test_a_failure_mid_way_leaves_no_file(tmp_path, tissue, generator, policy, e
             tile_size=64,
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_kill_leaves_no_output_and_no_temporary(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "examples" / "sample_ihc.tif"
+    out = tmp_path / "out.tif"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dn_cli",
+            "translate",
+            str(sample),
+            "-o",
+            str(out),
+            "--no-tissue",
+            "--tile-size",
+            "256",
+            "-q",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.tif.*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the temporary output exists: translation has begun
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "dn: interrupted" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []

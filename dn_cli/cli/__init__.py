@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 
@@ -11,6 +13,10 @@ from dn_cli.cli.info import info, models
 from dn_cli.cli.options import debug_option
 from dn_cli.cli.translate import translate
 from dn_cli.errors import DnError
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 class DnGroup(click.Group):
@@ -28,6 +34,10 @@ class DnGroup(click.Group):
                     debug = ctx.meta.get("dn.debug", False)
 
         args = sys.argv[1:] if args is None else list(args)
+        # `kill` (SIGTERM) unwinds like Ctrl-C, so partial outputs are removed on the way out.
+        previous = (
+            signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+        )
         try:
             run(args)
             code = 0
@@ -50,6 +60,9 @@ class DnGroup(click.Group):
             first_line = (str(e).strip().splitlines() or [""])[0]
             click.echo(f"dn: error: unexpected {type(e).__name__}: {first_line} (rerun with --debug)", err=True)
             code = 1
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if standalone_mode:
             sys.exit(code)
         return code
