@@ -80,6 +80,6 @@ def shard(items: list[Path], k: int, n: int) -> list[Path]:
     return items[k - 1 :: n]
 
 
-def output_for(source: Path, folder: Path) -> Path:
-    """The output of ``source`` in ``folder``: its name with ``.tif``."""
-    return folder / f"{source.stem}.tif"
+def output_for(source: Path, folder: Path, suffix: str = ".tif") -> Path:
+    """The output of ``source`` in ``folder``: its name with ``suffix``."""
+    return folder / f"{source.stem}{suffix}"

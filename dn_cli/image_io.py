@@ -10,6 +10,7 @@ import queue
 import tempfile
 import threading
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 import pyvips
@@ -157,6 +158,7 @@ class PyramidTiffSink:
         compression: str = "jpeg",
         quality: int = 85,
         description: str = "",
+        ome: bool = False,
     ) -> None:
         self.path, self.width, self.height = path, width, height
         self._stream = PngStream(width, height)
@@ -177,6 +179,9 @@ class PyramidTiffSink:
             options["Q"] = quality
         if mpp:
             options.update(xres=1000 / mpp, yres=1000 / mpp, resunit="cm")  # libvips takes pixels per mm
+        if ome:  # pyramid levels as SubIFDs of the full-resolution image, described by OME-XML
+            options["subifd"] = True
+            description = ome_xml(path.name, width, height, mpp, description)
         self._chunks.put(self._stream.header())
         self._thread = threading.Thread(target=self._save, args=(options, description), daemon=True)
         self._thread.start()
@@ -248,13 +253,37 @@ class PyramidTiffSink:
         self._tmp.unlink(missing_ok=True)
 
 
+def ome_xml(name: str, width: int, height: int, mpp: float | None, comment: str) -> str:
+    """Minimal OME-XML for one RGB image (QuPath / Bio-Formats), ``comment`` kept as an annotation."""
+    physical = (
+        f' PhysicalSizeX="{mpp}" PhysicalSizeXUnit="µm" PhysicalSizeY="{mpp}" PhysicalSizeYUnit="µm"' if mpp else ""
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+        f'<Image ID="Image:0" Name="{escape(name)}"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" '
+        f'SizeX="{width}" SizeY="{height}" SizeC="3" SizeZ="1" SizeT="1" Interleaved="true"{physical}>'
+        '<Channel ID="Channel:0:0" SamplesPerPixel="3"/><TiffData IFD="0" PlaneCount="1"/></Pixels></Image>'
+        '<StructuredAnnotations><CommentAnnotation ID="Annotation:0" Namespace="dn/provenance">'
+        f"<Value>{escape(comment)}</Value></CommentAnnotation></StructuredAnnotations></OME>"
+    )
+
+
 def open_sink(
-    path: Path, width: int, height: int, *, mpp: float | None, compression: str, quality: int, description: str
+    path: Path,
+    width: int,
+    height: int,
+    *,
+    mpp: float | None,
+    compression: str,
+    quality: int,
+    description: str,
+    ome: bool = False,
 ) -> ImageFileSink | PyramidTiffSink:
-    """A pyramidal TIFF for ``.tif`` outputs, an in-memory PNG / JPEG otherwise."""
+    """A pyramidal TIFF for ``.tif`` outputs (OME-TIFF with ``ome``), an in-memory PNG / JPEG otherwise."""
     if path.suffix.lower() in PYRAMID_SUFFIXES:
         return PyramidTiffSink(
-            path, width, height, mpp=mpp, compression=compression, quality=quality, description=description
+            path, width, height, mpp=mpp, compression=compression, quality=quality, description=description, ome=ome
         )
     return ImageFileSink(path, width, height)
 

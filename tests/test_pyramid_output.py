@@ -125,3 +125,30 @@ def test_kill_leaves_no_output_and_no_temporary(tmp_path):
     assert process.returncode == 130, stderr
     assert "dn: interrupted" in stderr and "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ome_tiff_for_bio_formats(tmp_path, tissue_2000x3000, checkpoint):
+    source = slide_file(tmp_path / "slide.tif", tissue_2000x3000[:1024, :1536])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "translate",
+            str(source),
+            "-o",
+            str(out) + "/",
+            "--model",
+            str(checkpoint),
+            "--format",
+            "ome-tiff",
+            "--no-tissue",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with tifffile.TiffFile(out / "slide.ome.tif") as tif:
+        assert tif.is_ome
+        levels = tif.series[0].levels
+        assert levels[0].shape == (1024, 1536, 3) and len(levels) >= 3
+        ome = tif.ome_metadata
+    assert 'PhysicalSizeX="0.5"' in ome and "model_sha256" in ome

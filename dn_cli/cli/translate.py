@@ -44,6 +44,7 @@ class Settings:
     tissue: bool | None
     min_tissue: float
     tissue_mask: Path | None
+    ome: bool
     quiet: bool
 
 
@@ -79,6 +80,7 @@ def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settin
             compression=s.compression,
             quality=s.quality,
             description=json.dumps(record),
+            ome=s.ome,
         )
         bars: list[tqdm] = []
 
@@ -184,6 +186,14 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
     help="Compression of pyramidal TIFF outputs.",
 )
 @click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["tiff", "ome-tiff"]),
+    default="tiff",
+    show_default=True,
+    help="TIFF flavour: tiff (OpenSlide, tifffile, QuPath) or ome-tiff (OME-XML and SubIFDs, for Bio-Formats).",
+)
+@click.option(
     "--quality", type=click.IntRange(1, 100), default=85, show_default=True, help="JPEG / WebP quality of TIFF outputs."
 )
 @click.option(
@@ -242,6 +252,7 @@ def translate(
     min_tissue: float,
     tissue_mask: Path | None,
     compression: str,
+    output_format: str,
     quality: int,
     recursive: bool,
     patterns: tuple[str, ...],
@@ -262,12 +273,20 @@ def translate(
     slides = expand_inputs(paths, recursive=recursive, patterns=patterns or DEFAULT_PATTERNS)
     if shard_spec:
         slides = shard(slides, *parse_shard(shard_spec))
-    one_file = len(paths) == 1 and not paths[0].is_dir() and str(inputs[0]) != "-" and not output.is_dir()
+    # One file in and an output with an extension: that file. Otherwise -o is a folder.
+    one_file = (
+        len(paths) == 1
+        and not paths[0].is_dir()
+        and "-" not in map(str, inputs)
+        and bool(output.suffix)
+        and not output.is_dir()
+    )
     if one_file:
         check_output(output, overwrite)
         jobs = [(paths[0], output)]
     else:
-        jobs = [(source, output_for(source, output)) for source in slides]
+        suffix = ".ome.tif" if output_format == "ome-tiff" else ".tif"
+        jobs = [(source, output_for(source, output, suffix)) for source in slides]
     if not jobs:
         raise DnError(f"no slides or images found in {', '.join(map(str, paths)) or 'stdin'}")
 
@@ -303,6 +322,7 @@ def translate(
         tissue=tissue,
         min_tissue=min_tissue,
         tissue_mask=tissue_mask,
+        ome=output_format == "ome-tiff",
         quiet=quiet,
     )
 
