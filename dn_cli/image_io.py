@@ -288,8 +288,13 @@ def open_sink(
     return ImageFileSink(path, width, height)
 
 
+def thumbnail_file(path: Path, side: int) -> np.ndarray:
+    """An image file shrunk to at most ``side`` pixels (from its pyramid when it has one)."""
+    return _to_rgb8(pyvips.Image.thumbnail(str(path), side)).numpy()
+
+
 def save_png(pixels: np.ndarray, path: Path) -> None:
-    """Write a small uint8 RGB picture (QC overlays, previews) atomically."""
+    """Write a small uint8 RGB picture (QC overlays, previews) atomically; folders are created."""
     tmp = temporary_beside(path, ".partial.png")
     try:
         pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb").pngsave(str(tmp))

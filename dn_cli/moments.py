@@ -6,6 +6,8 @@ std), so storing and gathering a batch is one indexing operation whatever the mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -44,7 +46,7 @@ class MomentRing:
         self._written = np.zeros((slots + 1, cols + 2), bool)  # on the host: no device sync
         self._slot_row: list[int | None] = [None] * slots
 
-    def write(self, tiles: range, packed: torch.Tensor, oldest_needed_row: int) -> None:
+    def write(self, tiles: Sequence[int], packed: torch.Tensor, oldest_needed_row: int) -> None:
         """Store ``packed`` ``(B, 2, C_total)`` for raster ``tiles``."""
         rows, cols = np.divmod(np.asarray(tiles), self.cols)
         for row in np.unique(rows):
@@ -60,7 +62,7 @@ class MomentRing:
         self._moments[slot_idx, col_idx] = packed
         self._written[rows % self.slots, cols + 1] = True
 
-    def gather(self, tiles: range) -> Neighbourhood:
+    def gather(self, tiles: Sequence[int]) -> Neighbourhood:
         """The 3 × 3 neighbourhoods of raster ``tiles``."""
         rows, cols = np.divmod(np.asarray(tiles), self.cols)
         around = np.arange(-1, 2)
@@ -86,7 +88,7 @@ class ThumbnailMoments:
         self.layout = layout
         self._packed = packed  # (1, 2, C_total)
 
-    def gather(self, tiles: range) -> Neighbourhood:
+    def gather(self, tiles: Sequence[int]) -> Neighbourhood:
         n = len(tiles)
         packed = self._packed.new_zeros(n, 3, 3, 2, self.layout.total)
         packed[:, 1, 1] = self._packed

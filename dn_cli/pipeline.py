@@ -23,6 +23,7 @@ from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
 from dn_cli.prefetch import TileReader
 from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
+from dn_cli.tissue import saturation
 
 Policy = Literal["dn", "in", "kin", "tin"]
 POLICIES: tuple[Policy, ...] = ("dn", "in", "kin", "tin")
@@ -99,15 +100,30 @@ def fit_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, index: int) -> np.ndarray:
-    """The model's output colour for an empty tile: the median of one skipped tile, translated.
+def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active: np.ndarray) -> np.ndarray:
+    """The model's rendering of empty glass, to fill skipped tiles with.
 
-    Filling skipped tiles with it (not with the input's glass colour) keeps them the same shade
-    as the glass that translated tiles around the tissue show.
+    Taken where translated tiles show glass: the median output colour of the glass pixels
+    (unsaturated, bright) in an active tile that borders a skipped one, so filled tiles match the
+    glass around the tissue. A skipped tile's own translation is the fallback: under
+    InstanceNorm a tile of pure glass is amplified noise and comes out darker.
     """
-    tile = read_padded(source, grid.padded_box(*grid.position(index)))
-    out = runner.apply(tile[None], None, grid.margin, grid.tile_size)
-    return np.median(out.reshape(-1, 3), axis=0).astype(np.uint8)
+    skipped = ~active
+    beside = np.zeros_like(active)
+    beside[1:] |= skipped[:-1]
+    beside[:-1] |= skipped[1:]
+    beside[:, 1:] |= skipped[:, :-1]
+    beside[:, :-1] |= skipped[:, 1:]
+    m, t = grid.margin, grid.tile_size
+    for index in np.flatnonzero(active & beside)[:4]:
+        tile = read_padded(source, grid.padded_box(*grid.position(int(index))))
+        out = runner.apply(tile[None], None, m, t)[0]
+        centre = tile[m : m + t, m : m + t]
+        glass = (saturation(centre) < 0.05) & (centre.min(axis=2) > 180)
+        if glass.mean() > 0.05:
+            return np.median(out[glass], axis=0).astype(np.uint8)
+    tile = read_padded(source, grid.padded_box(*grid.position(int(np.flatnonzero(skipped)[0]))))
+    return np.median(runner.apply(tile[None], None, m, t).reshape(-1, 3), axis=0).astype(np.uint8)
 
 
 def translate(
@@ -158,7 +174,7 @@ def translate(
 
     background = np.zeros(3, np.uint8)
     if active is not None and not active.all():
-        background = glass_colour(source, grid, runner, int(np.flatnonzero(~active)[0]))
+        background = glass_colour(source, grid, runner, active)
 
     def active_of(tiles: range) -> list[int]:
         return [i for i in tiles if active is None or active.flat[i]]

@@ -5,7 +5,8 @@ smoothed (3 × 3 mean), thresholded at Otsu's value kept within [0.03, 0.05]: wh
 minority, Otsu alone splits strongly from weakly stained tissue (DAB from haematoxylin-only
 stroma), and on a slide of nearly all glass it would split the glass's own noise. The mask is
 then cleaned by a morphological closing (fills holes such as lumina) and opening (drops dust),
-sized in µm² and converted to thumbnail pixels.
+sized in µm² and converted to thumbnail pixels, and grown by the same radius, so the pale edges
+of sections stay inside.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def tissue_mask(thumbnail: np.ndarray, mpp: float, min_area_um2: float = 5000.0)
     radius = round(math.sqrt(min_area_um2 / math.pi) / mpp)
     m = _morph(_morph(m, radius, grow=True), radius, grow=False)  # closing
     m = _morph(_morph(m, radius, grow=False), radius, grow=True)  # opening
+    m = _morph(m, radius, grow=True)  # a safety margin: pale tissue edges fall below the threshold
     return m[0, 0].numpy() > 0.5
 
 
@@ -83,7 +85,8 @@ def select_tiles(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(active tiles ``(rows, cols)``, tissue mask, thumbnail) of an image source.
 
-    A tile is active when at least ``min_tissue`` of its pixels are tissue. Without a known pixel
+    A tile is active when more than ``min_tissue`` of its pixels are tissue (0: any tissue at all,
+    so no tissue is ever replaced by glass). Without a known pixel
     size the thumbnail is 1024 pixels on its longer side and the cleanup 2 pixels wide.
     """
     longest = max(grid.width, grid.height)
@@ -92,7 +95,7 @@ def select_tiles(
     thumbnail = source.thumbnail(side)
     thumb_mpp = mpp * longest / max(thumbnail.shape[:2]) if mpp else None
     mask = tissue_mask(thumbnail, thumb_mpp, min_area_um2) if thumb_mpp else tissue_mask(thumbnail, 1.0, 4 * math.pi)
-    return tile_fractions(mask, grid) >= min_tissue, mask, thumbnail
+    return tile_fractions(mask, grid) > min_tissue, mask, thumbnail
 
 
 def overlay(thumbnail: np.ndarray, mask: np.ndarray, active: np.ndarray, grid: TileGrid) -> np.ndarray:

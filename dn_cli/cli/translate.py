@@ -16,10 +16,11 @@ from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.errors import DnError
 from dn_cli.geometry import TileGrid, check_geometry, default_margin
-from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_sink, save_png
+from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_sink, save_png, thumbnail_file
 from dn_cli.models import load_generator
 from dn_cli.pipeline import POLICIES, TileRunner
 from dn_cli.pipeline import translate as run_translation
+from dn_cli.preview import side_by_side
 from dn_cli.provenance import provenance, write_sidecar
 from dn_cli.slides import SlideImage
 from dn_cli.sources import open_source
@@ -44,6 +45,7 @@ class Settings:
     tissue: bool | None
     min_tissue: float
     tissue_mask: Path | None
+    preview: Path | None
     ome: bool
     quiet: bool
 
@@ -53,17 +55,11 @@ def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settin
     start = time.perf_counter()
     with open_source(source_path, level=s.level, mpp=s.mpp, mpp_override=s.mpp_override) as source:
         grid = TileGrid(source.width, source.height, s.tile_size, s.margin)
-        active = None
+        active = mask = None
         if s.tissue if s.tissue is not None else isinstance(source, SlideImage):  # default: on for slides only
             active, mask, thumbnail = select_tiles(source, grid, min_tissue=s.min_tissue)
             if s.tissue_mask is not None:
-                qc = (
-                    s.tissue_mask
-                    if s.tissue_mask.suffix.lower() == ".png"
-                    else s.tissue_mask / f"{source_path.stem}_tissue.png"
-                )
-                qc.parent.mkdir(parents=True, exist_ok=True)
-                save_png(overlay(thumbnail, mask, active, grid), qc)
+                save_png(overlay(thumbnail, mask, active, grid), picture_path(s.tissue_mask, source_path, "tissue"))
         settings = {
             "norm": s.policy,
             "tile_size": s.tile_size,
@@ -105,6 +101,10 @@ def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settin
             for bar in bars:
                 bar.close()
         write_sidecar(output, record)
+        if s.preview is not None:
+            after = thumbnail_file(output, PREVIEW_SIDE)
+            before = source.thumbnail(max(after.shape[:2]))
+            save_png(side_by_side(before, after, mask), picture_path(s.preview, source_path, "preview"))
         return {
             "width": source.width,
             "height": source.height,
@@ -113,6 +113,14 @@ def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settin
             "tiles_skipped": 0 if active is None else int((~active).sum()),
             "seconds": round(time.perf_counter() - start, 2),
         }
+
+
+PREVIEW_SIDE = 800
+
+
+def picture_path(option: Path, source: Path, kind: str) -> Path:
+    """A .png option is the picture itself; anything else is a folder for NAME_kind.png."""
+    return option if option.suffix.lower() == ".png" else option / f"{source.stem}_{kind}.png"
 
 
 def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
@@ -199,15 +207,21 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
 @click.option(
     "--min-tissue",
     type=click.FloatRange(0, 1),
-    default=0.05,
+    default=0.0,
     show_default=True,
-    help="Fraction of tissue below which a tile is written as background and masked out of DN.",
+    help="Tiles with at most this fraction of tissue are filled as glass and masked out of DN (0: no tissue).",
 )
 @click.option(
     "--tissue-mask",
     type=click.Path(path_type=Path),
     default=None,
     help="Save a tissue QC overlay: a .png path, or a folder for NAME_tissue.png per slide.",
+)
+@click.option(
+    "--preview",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Save a side-by-side thumbnail (input | output): a .png path, or a folder for NAME_preview.png.",
 )
 @click.option("--recursive", is_flag=True, help="Search input folders recursively.")
 @click.option(
@@ -251,6 +265,7 @@ def translate(
     tissue: bool | None,
     min_tissue: float,
     tissue_mask: Path | None,
+    preview: Path | None,
     compression: str,
     output_format: str,
     quality: int,
@@ -322,6 +337,7 @@ def translate(
         tissue=tissue,
         min_tissue=min_tissue,
         tissue_mask=tissue_mask,
+        preview=preview,
         ome=output_format == "ome-tiff",
         quiet=quiet,
     )
