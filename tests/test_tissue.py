@@ -69,14 +69,30 @@ def test_skipped_tiles_are_not_read_and_are_masked_out_of_dn(tissue, generator):
 
 
 def test_cli_skips_glass_on_slides_by_default_and_saves_a_qc_overlay(tmp_path):
-    out, qc = tmp_path / "out.tif", tmp_path / "qc" / "mask.png"
+    out, qc, preview = tmp_path / "out.tif", tmp_path / "qc" / "mask.png", tmp_path / "previews"
     result = CliRunner().invoke(
-        cli, ["translate", str(SAMPLE), "-o", str(out), "--tile-size", "512", "-q", "--json", "--tissue-mask", str(qc)]
+        cli,
+        [
+            "translate",
+            str(SAMPLE),
+            "-o",
+            str(out),
+            "--tile-size",
+            "512",
+            "-q",
+            "--json",
+            "--tissue-mask",
+            str(qc),
+            "--preview",
+            str(preview),
+        ],
     )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert 0 < record["tiles_skipped"] < record["tiles"]
     assert pyvips.Image.new_from_file(str(qc)).width > 100
+    side_by_side = pyvips.Image.new_from_file(str(preview / "sample_ihc_preview.png"))
+    assert side_by_side.width > 2 * side_by_side.height  # input | output of a landscape slide
     none = CliRunner().invoke(
         cli,
         [
@@ -94,3 +110,15 @@ def test_cli_skips_glass_on_slides_by_default_and_saves_a_qc_overlay(tmp_path):
         ],
     )
     assert json.loads(none.stdout)["tiles_skipped"] == 0
+
+
+def test_preview_outline_marks_the_mask_border():
+    from dn_cli.preview import OUTLINE, side_by_side
+
+    before = np.full((40, 60, 3), 200, np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[5:15, 5:20] = True
+    picture = side_by_side(before, before.copy(), mask)
+    assert picture.shape == (40, 60 + 8 + 60, 3)
+    green = (picture == OUTLINE).all(axis=2)
+    assert green[:, :60].any() and not green[:, 60:].any() and not green[15, 20]  # inside the mask: untouched
