@@ -151,44 +151,44 @@ def translate(
         two_pass_oracle: collect every tile before applying any (the reference the single pass
             must match; memory grows with the grid area).
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
-    if margin is None:
-        margin = default_margin(tile_size, runner.stride)
-    check_geometry(tile_size, margin, runner.stride)
-    grid = TileGrid(source.width, source.height, tile_size, margin)
-    context = runner.context
-    context.tile_size, context.margin = tile_size, margin
-    context.weighting = "flat" if policy == "kin" else "bilinear"
-
-    moments: MomentRing | ThumbnailMoments | None = None
-    if policy == "in" or runner.layout.total == 0:
-        steps = apply_only(grid.rows, grid.cols, batch_size)
-    elif policy == "tin":
-        steps = apply_only(grid.rows, grid.cols, batch_size)
-        moments = ThumbnailMoments(runner.layout, runner.thumbnail_moments(source.thumbnail(grid.padded_size)))
-    else:
-        steps = (two_pass if two_pass_oracle else single_pass)(grid.rows, grid.cols, batch_size)
-        slots = rows_in_flight(steps, grid.cols)
-        moments = MomentRing(runner.layout, grid.rows, grid.cols, slots, runner.device)
-
-    background = np.zeros(3, np.uint8)
-    if active is not None and not active.all():
-        background = glass_colour(source, grid, runner, active)
-
-    def active_of(tiles: range) -> list[int]:
-        return [i for i in tiles if active is None or active.flat[i]]
-
-    # Skipped tiles drop out of collection; apply steps keep them, to write background in order.
-    plan = [(step, active_of(step.tiles)) for step in steps]
-    plan = [(step, tiles) for step, tiles in plan if tiles or step.kind == "apply"]
-    # Collected tiles are read once, ahead of the model, and wait here until applied.
-    reading = [tiles for step, tiles in plan if step.kind == "collect"] or [tiles for _, tiles in plan if tiles]
-    pending: dict[int, np.ndarray] = {}
-    applied = 0
-    if progress is not None:
-        progress(0, len(grid))
     try:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
+        if margin is None:
+            margin = default_margin(tile_size, runner.stride)
+        check_geometry(tile_size, margin, runner.stride)
+        grid = TileGrid(source.width, source.height, tile_size, margin)
+        context = runner.context
+        context.tile_size, context.margin = tile_size, margin
+        context.weighting = "flat" if policy == "kin" else "bilinear"
+
+        moments: MomentRing | ThumbnailMoments | None = None
+        if policy == "in" or runner.layout.total == 0:
+            steps = apply_only(grid.rows, grid.cols, batch_size)
+        elif policy == "tin":
+            steps = apply_only(grid.rows, grid.cols, batch_size)
+            moments = ThumbnailMoments(runner.layout, runner.thumbnail_moments(source.thumbnail(grid.padded_size)))
+        else:
+            steps = (two_pass if two_pass_oracle else single_pass)(grid.rows, grid.cols, batch_size)
+            slots = rows_in_flight(steps, grid.cols)
+            moments = MomentRing(runner.layout, grid.rows, grid.cols, slots, runner.device)
+
+        background = np.zeros(3, np.uint8)
+        if active is not None and not active.all():
+            background = glass_colour(source, grid, runner, active)
+
+        def active_of(tiles: range) -> list[int]:
+            return [i for i in tiles if active is None or active.flat[i]]
+
+        # Skipped tiles drop out of collection; apply steps keep them, to write background in order.
+        plan = [(step, active_of(step.tiles)) for step in steps]
+        plan = [(step, tiles) for step, tiles in plan if tiles or step.kind == "apply"]
+        # Collected tiles are read once, ahead of the model, and wait here until applied.
+        reading = [tiles for step, tiles in plan if step.kind == "collect"] or [tiles for _, tiles in plan if tiles]
+        pending: dict[int, np.ndarray] = {}
+        applied = 0
+        if progress is not None:
+            progress(0, len(grid))
         with TileReader(source, grid, reading) as reader:
             for step, tiles in plan:
                 if step.kind == "collect":
@@ -213,7 +213,7 @@ def translate(
                 if progress is not None:
                     progress(applied, len(grid))
     except BaseException:
-        sink.abort()  # an error or Ctrl-C leaves nothing behind
+        sink.abort()  # an error or Ctrl-C, even before the first tile, leaves nothing behind
         raise
     sink.close()
     return grid

@@ -26,7 +26,11 @@ class TileReader:
         self._batches = iter(batches)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dn-read")
         self._queued: deque[tuple[range, list[Future]]] = deque()
-        self._fill()
+        try:
+            self._fill()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def _read(self, index: int) -> np.ndarray:
         return read_padded(self._source, self._grid.padded_box(*self._grid.position(index)))
@@ -48,4 +52,11 @@ class TileReader:
         return self
 
     def __exit__(self, *_exc) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # Reads in flight must finish before the caller closes the slide (OpenSlide aborts the
+        # process otherwise), even if a second Ctrl-C or a SIGTERM lands while we wait.
+        while True:
+            try:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                return
+            except KeyboardInterrupt:
+                continue
