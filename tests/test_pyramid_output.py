@@ -152,3 +152,18 @@ def test_ome_tiff_for_bio_formats(tmp_path, tissue_2000x3000, checkpoint):
         assert levels[0].shape == (1024, 1536, 3) and len(levels) >= 3
         ome = tif.ome_metadata
     assert 'PhysicalSizeX="0.5"' in ome and "model_sha256" in ome
+
+
+def test_a_failure_before_the_first_tile_leaves_no_file(tmp_path, tissue, generator):
+    out = tmp_path / "o.tif"
+    active = np.ones((8, 8), bool)
+    active[0, 0] = False  # learning the glass colour reads first, and fails
+    with pytest.raises(InputError):
+        translate(
+            FailingImage(np.ascontiguousarray(tissue), 0, InputError("unreadable")),
+            PyramidTiffSink(out, 512, 512),
+            TileRunner(generator, torch.device("cpu")),
+            tile_size=64,
+            active=active,
+        )
+    assert list(tmp_path.iterdir()) == []
