@@ -138,7 +138,8 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
     "--output",
     type=click.Path(path_type=Path),
     required=True,
-    help="Output file for one input (.tif pyramidal, .png, .jpg); a folder for several (NAME.tif each).",
+    help="Output file for one input (.tif pyramidal, .png, .jpg); otherwise (several inputs, or no "
+    "extension) a folder of NAME.tif.",
 )
 @model_path_option
 @model_options
@@ -342,6 +343,32 @@ def translate(
         quiet=quiet,
     )
 
+    failed = run_jobs(
+        jobs,
+        runner,
+        settings,
+        one_file=one_file,
+        overwrite=overwrite,
+        fail_fast=fail_fast,
+        as_json=as_json,
+        debug=ctx.meta.get("dn.debug", False),
+    )
+    if failed:
+        ctx.exit(1)
+
+
+def run_jobs(
+    jobs: list[tuple[Path, Path]],
+    runner: TileRunner,
+    settings: Settings,
+    *,
+    one_file: bool,
+    overwrite: bool,
+    fail_fast: bool,
+    as_json: bool,
+    debug: bool,
+) -> list[str]:
+    """Translate every (input, output) job; in a batch each fails alone. Returns the failed names."""
     counts = {"done": 0, "skipped": 0, "failed": 0}
     failed: list[str] = []
     for number, (source, target) in enumerate(jobs, 1):
@@ -349,20 +376,20 @@ def translate(
         label = f"[{number}/{len(jobs)}] {source.name}" if len(jobs) > 1 else source.name
         if not one_file and target.exists() and not overwrite:
             record["status"] = "skipped"
-        elif one_file:
+        elif one_file:  # errors reach the user as the command's own, one line
             record |= translate_one(source, target, runner, settings, label) | {"status": "done"}
         else:
             try:
                 record |= translate_one(source, target, runner, settings, label) | {"status": "done"}
             except Exception as e:  # each slide fails alone
-                if ctx.meta.get("dn.debug"):
+                if debug:
                     raise
                 message = str(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {e}"
                 click.echo(f"dn: error: {source}: {message.strip().splitlines()[0]}", err=True)
                 record |= {"status": "failed", "error": message}
                 failed.append(source.name)
         counts[record["status"]] += 1
-        emit(record, as_json, None if quiet else f"{label}: {record['status']} → {target}")
+        emit(record, as_json, None if settings.quiet else f"{label}: {record['status']} → {target}")
         if failed and fail_fast:
             break
     if len(jobs) > 1 or failed:
@@ -370,8 +397,7 @@ def translate(
             f"{len(jobs)} inputs: {counts['done']} translated, {counts['skipped']} skipped, {counts['failed']} failed"
         )
         click.echo(summary + (f" ({', '.join(failed)})" if failed else ""), err=True)
-    if failed:
-        ctx.exit(1)
+    return failed
 
 
 def emit(record: dict, as_json: bool, text: str | None) -> None:
