@@ -122,3 +122,12 @@ def test_preview_outline_marks_the_mask_border():
     assert picture.shape == (40, 60 + 8 + 60, 3)
     green = (picture == OUTLINE).all(axis=2)
     assert green[:, :60].any() and not green[:, 60:].any() and not green[15, 20]  # inside the mask: untouched
+
+
+def test_tissue_selection_without_a_pixel_size(tissue):
+    # An ordinary image with --tissue: no µm known, so a fixed thumbnail and a small cleanup.
+    glass = np.full((512, 1024, 3), 242, np.uint8)
+    glass[:, :512] = tissue
+    grid = TileGrid(1024, 512, 256, 16)
+    active, mask, _ = select_tiles(ArrayImage(glass), grid, min_tissue=0.0)
+    assert active[:, :2].all() and not active[:, 3].any()
