@@ -100,6 +100,19 @@ def fit_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+FLAT_STD = 3.0  # grey levels: scanner noise on glass; tissue and textured scenes are far above
+
+
+def is_flat(padded_tile: np.ndarray, margin: int, tile_size: int) -> bool:
+    """Whether a tile's own pixels are near-constant (glass, sky, a flat background).
+
+    Such a tile's variance is noise, its inverse std huge: DN keeps it from its neighbours'
+    moments (it is normalised with theirs instead), which removes the halos it would cast.
+    """
+    own = padded_tile[margin : margin + tile_size, margin : margin + tile_size]
+    return float(own.std(axis=(0, 1)).max()) < FLAT_STD
+
+
 def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active: np.ndarray) -> np.ndarray:
     """The model's rendering of empty glass, to fill skipped tiles with.
 
@@ -195,7 +208,12 @@ def translate(
                     batch = reader.read(tiles)
                     pending.update(zip(tiles, batch, strict=True))
                     oldest_needed_row = grid.position(applied)[0] - 1
-                    moments.write(tiles, runner.collect(np.stack(batch)), oldest_needed_row)
+                    moments.write(
+                        tiles,
+                        runner.collect(np.stack(batch)),
+                        oldest_needed_row,
+                        shared=np.array([not is_flat(t, margin, tile_size) for t in batch]),
+                    )
                     continue
                 translated = {}
                 if tiles:

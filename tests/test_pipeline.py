@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from dn_cli import pipeline
 from dn_cli.errors import GeometryError
 from dn_cli.geometry import TileGrid
 from dn_cli.images import ArrayImage, Canvas, read_padded
@@ -168,3 +169,32 @@ def test_seam_score_sees_a_tile_grid_and_not_smooth_content():
     assert 0.9 < seam_score(smooth, 64) < 1.1
     offsets = rng.normal(0, 10, (4, 4, 3)).repeat(64, 0).repeat(64, 1)  # a colour shift per tile
     assert seam_score(smooth + offsets, 64) > 1.5
+
+
+def test_flat_tiles_do_not_cast_halos_on_their_neighbours(demo_generator, tissue, monkeypatch):
+    # Tissue in the middle 2 × 2 tiles of a 4 × 4 grid, noisy glass around it. A glass tile's
+    # inverse std is huge; shared, it would swamp the border of its tissue neighbours.
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(241, 1.5, (512, 512, 1)).repeat(3, axis=2), 0, 255).astype(np.uint8)
+    image[128:384, 128:384] = tissue[128:384, 128:384]
+    runner = TileRunner(demo_generator, CPU)
+    reference = run(image, runner, policy="in", tile_size=128).astype(int)
+    band = np.zeros((512, 512), bool)
+    band[128:384, 128:384] = True
+    band[144:368, 144:368] = False  # 16 pixels of tissue along the glass
+
+    def deviation() -> float:
+        return np.abs(run(image, runner, policy="dn", tile_size=128).astype(int) - reference).max(axis=2)[band].mean()
+
+    kept_apart = deviation()
+    monkeypatch.setattr(pipeline, "FLAT_STD", 0.0)  # every tile shares its moments, as in the paper
+    shared = deviation()
+    assert kept_apart < 3 < 10 < shared
+
+
+def test_unshared_moments_are_missing_for_neighbours_and_a_token_for_the_tile_itself():
+    ring = MomentRing(MomentLayout([1]), rows=1, cols=3, slots=1, device=CPU)
+    ring.write([0, 1, 2], torch.ones(3, 2, 1), oldest_needed_row=-1, shared=np.array([True, False, True]))
+    left, middle = ring.gather([0]), ring.gather([1])
+    assert left.valid[0, 1].tolist() == [0.0, 1.0, 0.0]  # its right neighbour (the middle) is missing
+    assert middle.valid[0, 1, 1].item() == pytest.approx(1e-6) and not middle.complete
