@@ -109,7 +109,7 @@ def is_flat(padded_tile: np.ndarray, margin: int, tile_size: int) -> bool:
     Such a tile's variance is noise, its inverse std huge: DN keeps it from its neighbours'
     moments (it is normalised with theirs instead), which removes the halos it would cast.
     """
-    own = padded_tile[margin : margin + tile_size, margin : margin + tile_size]
+    own = padded_tile[margin : margin + tile_size : 4, margin : margin + tile_size : 4]  # a 1/16 sample suffices
     return float(own.std(axis=(0, 1)).max()) < FLAT_STD
 
 
