@@ -23,7 +23,7 @@ from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
 from dn_cli.prefetch import TileReader
 from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
-from dn_cli.tissue import saturation
+from dn_cli.tissue import THRESHOLD_RANGE, saturation
 
 Policy = Literal["dn", "in", "kin", "tin"]
 POLICIES: tuple[Policy, ...] = ("dn", "in", "kin", "tin")
@@ -132,7 +132,7 @@ def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active
         tile = read_padded(source, grid.padded_box(*grid.position(int(index))))
         out = runner.apply(tile[None], None, m, t)[0]
         centre = tile[m : m + t, m : m + t]
-        glass = (saturation(centre) < 0.05) & (centre.min(axis=2) > 180)
+        glass = (saturation(centre) < THRESHOLD_RANGE[1]) & (centre.min(axis=2) > 180)  # unstained and bright
         if glass.mean() > 0.05:
             return np.median(out[glass], axis=0).astype(np.uint8)
     tile = read_padded(source, grid.padded_box(*grid.position(int(np.flatnonzero(skipped)[0]))))

@@ -376,13 +376,11 @@ def run_jobs(
         label = f"[{number}/{len(jobs)}] {source.name}" if len(jobs) > 1 else source.name
         if not one_file and target.exists() and not overwrite:
             record["status"] = "skipped"
-        elif one_file:  # errors reach the user as the command's own, one line
-            record |= translate_one(source, target, runner, settings, label) | {"status": "done"}
         else:
             try:
                 record |= translate_one(source, target, runner, settings, label) | {"status": "done"}
-            except Exception as e:  # each slide fails alone
-                if debug:
+            except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
+                if one_file or debug:
                     raise
                 message = str(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {e}"
                 click.echo(f"dn: error: {source}: {message.strip().splitlines()[0]}", err=True)
