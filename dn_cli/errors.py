@@ -1,6 +1,11 @@
 """The errors `dn` reports to users: one line each, turned into a message at the CLI edge."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if the message is empty)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class DnError(Exception):
     """Base of every error that is the user's input, not a bug in dn."""
 

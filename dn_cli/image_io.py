@@ -15,17 +15,13 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pyvips
 
-from dn_cli.errors import InputError, OutputError
+from dn_cli.errors import InputError, OutputError, first_line
 from dn_cli.geometry import Box
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.png_stream import PngStream
 
 SAVE_OPTIONS = {".png": {"compression": 6}, ".jpg": {"Q": 90}, ".jpeg": {"Q": 90}}
 PYRAMID_SUFFIXES = (".tif", ".tiff")
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _to_rgb8(image: pyvips.Image) -> pyvips.Image:
@@ -49,7 +45,7 @@ def open_image(path: Path) -> ArrayImage:
         image = pyvips.Image.new_from_file(str(path), access="sequential")
         return ArrayImage(_to_rgb8(image).numpy(), mpp=_mpp(image))
     except pyvips.Error as e:
-        raise InputError(f"cannot read {path} as an image: {_first_line(e)}") from e
+        raise InputError(f"cannot read {path} as an image: {first_line(e)}") from e
 
 
 def _mpp(image: pyvips.Image) -> float | None:
@@ -100,7 +96,7 @@ class ImageFileSink(Canvas):
             image.write_to_file(str(tmp), **SAVE_OPTIONS[suffix])
             os.replace(tmp, self.path)
         except pyvips.Error as e:
-            raise OutputError(f"cannot write {self.path}: {_first_line(e)}") from e
+            raise OutputError(f"cannot write {self.path}: {first_line(e)}") from e
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -112,7 +108,7 @@ def image_info(path: Path) -> dict:
     try:
         image = pyvips.Image.new_from_file(str(path))
     except pyvips.Error as e:
-        raise InputError(f"cannot read {path} as an image: {_first_line(e)}") from e
+        raise InputError(f"cannot read {path} as an image: {first_line(e)}") from e
     fields = image.get_fields()
     levels = image.get("n-pages") if "n-pages" in fields else 1
     mpp = _mpp(image)
@@ -221,7 +217,7 @@ class PyramidTiffSink:
     def _raise_failure(self) -> None:
         self._tmp.unlink(missing_ok=True)
         e = self._failure
-        message = _first_line(e) if e is not None else "the writer stopped"
+        message = first_line(e) if e is not None else "the writer stopped"
         raise OutputError(f"cannot write {self.path}: {message}") from e
 
     def write(self, box: Box, pixels: np.ndarray) -> None:

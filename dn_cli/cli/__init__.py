@@ -12,7 +12,7 @@ from dn_cli import __version__
 from dn_cli.cli.info import info, models
 from dn_cli.cli.options import debug_option
 from dn_cli.cli.translate import translate
-from dn_cli.errors import DnError
+from dn_cli.errors import DnError, first_line
 
 
 def _interrupt(_signum, _frame) -> None:
@@ -57,8 +57,7 @@ class DnGroup(click.Group):
         except Exception as e:
             if debug:
                 raise
-            first_line = (str(e).strip().splitlines() or [""])[0]
-            click.echo(f"dn: error: unexpected {type(e).__name__}: {first_line} (rerun with --debug)", err=True)
+            click.echo(f"dn: error: unexpected {type(e).__name__}: {first_line(e)} (rerun with --debug)", err=True)
             code = 1
         finally:
             if previous is not None:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from dn_cli.batch import DEFAULT_PATTERNS, expand_inputs, output_for, parse_shard, shard
 from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
-from dn_cli.errors import DnError
+from dn_cli.errors import DnError, first_line
 from dn_cli.geometry import TileGrid, check_geometry, default_margin
 from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_sink, save_png, thumbnail_file
 from dn_cli.models import load_generator
@@ -382,8 +382,8 @@ def run_jobs(
             except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
                 if one_file or debug:
                     raise
-                message = str(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {e}"
-                click.echo(f"dn: error: {source}: {message.strip().splitlines()[0]}", err=True)
+                message = first_line(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {first_line(e)}"
+                click.echo(f"dn: error: {source}: {message}", err=True)
                 record |= {"status": "failed", "error": message}
                 failed.append(source.name)
         counts[record["status"]] += 1

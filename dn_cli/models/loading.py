@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dn_cli.errors import ModelError
+from dn_cli.errors import ModelError, first_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -145,7 +145,7 @@ def _read(path: Path, trust_code: bool) -> tuple[object, str]:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return torch.jit.load(str(path), map_location="cpu"), "TorchScript"
         except Exception as e:
-            raise ModelError(f"cannot load {path} as TorchScript: {str(e).strip().splitlines()[0]}") from e
+            raise ModelError(f"cannot load {path} as TorchScript: {first_line(e)}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_code), "state dict"
     except Exception as e:  # torch raises many types for foreign or truncated files
