@@ -1,7 +1,9 @@
 """Throughput against the ceiling: how close the whole pipeline runs to the model's own speed.
 
-    python scripts/bench.py --size 2048                # CPU, bundled model
-    python scripts/bench.py --device cuda --batch-size 16 --channels-last   # where a GPU exists
+    python scripts/bench.py --size 2048                     # CPU, bundled model
+    python scripts/bench.py --device cuda --channels-last   # where a GPU exists: batch sweep 4…32
+
+Where no GPU exists, ``--device cuda`` prints that it is skipped and exits 0.
 
 Ceiling: the converted model's forward on random padded tiles (batch B), no I/O, in plain mode
 (``in``) — tiles/s. End to end: ``dn``'s pipeline on a real-tissue slide (scikit-image's IHC
@@ -25,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dn_overhead import machine  # noqa: E402
-from bench_memory import make_slide  # noqa: E402
+from bench_scaling import make_slide  # noqa: E402
 
 from dn_cli.dense_norm import DenseNorm2d  # noqa: E402
 from dn_cli.device import autocast_dtype, select_device  # noqa: E402
@@ -100,44 +102,81 @@ def dn_layer_overhead(runner: TileRunner, padded: int, tile: int, margin: int, b
     return timings["dense"] - timings["plain"]
 
 
+def measure(runner: TileRunner, slide: Path, tile: int, margin: int, batch: int) -> dict:
+    """Ceiling, end-to-end rates and DN layer overhead at one batch size."""
+    padded = tile + 2 * margin
+    row = {"batch_size": batch, "ceiling_tiles_per_s": ceiling(runner, padded, batch, repeats=5)}
+    for policy in ("in", "dn"):
+        rate, row["tiles"] = end_to_end(runner, slide, policy, tile, batch)
+        row[f"{policy}_tiles_per_s"] = rate
+        row[f"{policy}_fraction"] = rate / (row["ceiling_tiles_per_s"] / (1 if policy == "in" else 2))
+    row["dn_overhead_s_per_tile"] = dn_layer_overhead(runner, padded, tile, margin, batch)
+    return row
+
+
+def report(row: dict) -> None:
+    print(f"batch {row['batch_size']} ({row['tiles']} tiles)")
+    print(f"  ceiling (forward only)   {row['ceiling_tiles_per_s']:7.2f} tiles/s")
+    for policy, target in (("in", "the ceiling"), ("dn", "half the ceiling")):
+        print(
+            f"  {policy} end to end           {row[f'{policy}_tiles_per_s']:7.2f} tiles/s = "
+            f"{row[f'{policy}_fraction']:.2f} of {target}"
+        )
+    print(f"  DN layers, dense − plain {row['dn_overhead_s_per_tile'] * 1000:7.1f} ms per tile", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--size", type=int, help="slide side in pixels (default 2048; 8192 on a GPU)")
     parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="default 4; a sweep 4 8 16 32 on a GPU")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto = fp16 autocast on CUDA, fp32 elsewhere")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--model", type=Path, default=DEMO_MODEL)
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench.py: no CUDA device here; the --device cuda benchmark is skipped", file=sys.stderr)
+        return
 
     device = select_device(args.device)
+    on_gpu = device.type == "cuda"
+    size = args.size or (8192 if on_gpu else 2048)
+    batch_sizes = args.batch_sizes or ([4, 8, 16, 32] if on_gpu else [4])
     generator = load_generator(args.model)
     runner = TileRunner(generator, device, autocast_dtype(args.precision, device))
     if args.channels_last:
         runner.module = runner.module.to(memory_format=torch.channels_last)
     margin = default_margin(args.tile_size, generator.stride)
-    padded = args.tile_size + 2 * margin
-    results = {"machine": machine(), "device": str(device), "model": args.model.name, **vars(args)}
-    results["ceiling_tiles_per_s"] = ceiling(runner, padded, args.batch_size, repeats=5)
+    results = {
+        "machine": machine(),
+        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "model": args.model.name,
+        "size": size,
+        "tile_size": args.tile_size,
+        "precision": str(runner.dtype or torch.float32),
+        "channels_last": args.channels_last,
+        "sweep": [],
+    }
+    print(
+        f"machine: {results['machine']}, device {results['device']}, model {args.model.name}, "
+        f"{size}² slide, tile {args.tile_size}, {results['precision']}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         slide = Path(tmp) / "slide.tif"
-        make_slide(slide, args.size)
-        for policy in ("in", "dn"):
-            rate, tiles = end_to_end(runner, slide, policy, args.tile_size, args.batch_size)
-            target = results["ceiling_tiles_per_s"] / (1 if policy == "in" else 2)
-            results[f"{policy}_tiles_per_s"] = rate
-            results[f"{policy}_fraction"] = rate / target
-    results["dn_overhead_s_per_tile"] = dn_layer_overhead(runner, padded, args.tile_size, margin, args.batch_size)
-    print(f"machine: {results['machine']}, device {device}, model {args.model.name}, batch {args.batch_size}")
-    print(f"  ceiling (forward only)   {results['ceiling_tiles_per_s']:7.2f} tiles/s")
-    for policy in ("in", "dn"):
-        print(
-            f"  {policy} end to end           {results[f'{policy}_tiles_per_s']:7.2f} tiles/s = "
-            f"{results[f'{policy}_fraction']:.2f} of {'the ceiling' if policy == 'in' else 'half the ceiling'}"
-        )
-    print(f"  DN layers, dense − plain {results['dn_overhead_s_per_tile'] * 1000:7.1f} ms per tile")
-    print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in results.items()}))
+        make_slide(slide, size)
+        for batch in batch_sizes:
+            try:
+                row = measure(runner, slide, args.tile_size, margin, batch)
+            except torch.cuda.OutOfMemoryError:
+                print(f"batch {batch}: out of GPU memory; the sweep stops here", flush=True)
+                break
+            finally:
+                if on_gpu:
+                    torch.cuda.empty_cache()
+            results["sweep"].append(row)
+            report(row)
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

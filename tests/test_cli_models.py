@@ -1,6 +1,7 @@
 """``dn info``, ``dn models`` and the model options of ``dn translate``."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -117,9 +118,12 @@ def test_unknown_family_is_one_line(tmp_path, image):
     assert len(lines) == 1 and "known family (" in lines[0] and "closest is" in lines[0]
 
 
-def test_readme_first_command_on_the_sample_slide(tmp_path):
-    out = tmp_path / "out.tif"
-    result = invoke("translate", REPO / "examples" / "sample_ihc.tif", "-o", out, "-q")
+def test_readme_first_command_on_the_sample_slide(tmp_path, monkeypatch):
+    (line,) = [x for x in (REPO / "README.md").read_text().splitlines() if x.startswith("dn translate examples/")]
+    args = [REPO / arg if arg.startswith("examples/") else arg for arg in shlex.split(line)[2:]]
+    monkeypatch.chdir(tmp_path)
+    result = invoke("translate", *args, "-q")
     assert result.exit_code == 0, result.output
-    written = pyvips.Image.new_from_file(str(out))
+    written = pyvips.Image.new_from_file(str(tmp_path / "out.tif"))
     assert (written.width, written.height) == (2560, 1792)
+    assert pyvips.Image.new_from_file(str(tmp_path / "preview.png")).width > 0

@@ -48,6 +48,17 @@ def test_single_pass_equals_two_pass_oracle(runner, ragged, policy):
     assert single.shape == ragged.shape
 
 
+def test_dn_runs_the_same_on_channels_last_weights(ragged):
+    """The memory layout GPU users (and scripts/bench.py --channels-last) pick for speed."""
+    channels_last = TileRunner(make_generator(), CPU)
+    channels_last.module = channels_last.module.to(memory_format=torch.channels_last)
+    options = {"policy": "dn", "tile_size": 64, "margin": 16, "batch_size": 4}
+    diff = np.abs(
+        run(ragged, channels_last, **options).astype(int) - run(ragged, TileRunner(make_generator(), CPU), **options)
+    )
+    assert diff.max() <= 1 and diff.mean() < 1e-3
+
+
 def test_in_policy_equals_the_plain_model_per_tile(runner, ragged):
     out = run(ragged, runner, policy="in", tile_size=64, margin=16, batch_size=3)
     grid = TileGrid(350, 300, 64, 16)

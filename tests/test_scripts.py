@@ -1,0 +1,77 @@
+"""The benchmark scripts run and report what docs/benchmarks.md quotes (numbers are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=600)
+
+
+def last_json(done: subprocess.CompletedProcess) -> dict:
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_bench_reports_the_pipeline_against_the_ceiling():
+    results = last_json(run_script("bench.py", "--size", "512", "--tile-size", "256", "--batch-sizes", "2"))
+    (row,) = results["sweep"]
+    assert row["batch_size"] == 2 and row["tiles"] == 4
+    for key in ("ceiling_tiles_per_s", "in_tiles_per_s", "dn_tiles_per_s", "in_fraction", "dn_fraction"):
+        assert row[key] > 0
+    assert row["dn_tiles_per_s"] < row["in_tiles_per_s"]  # two forwards per tile
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machines without a GPU")
+def test_bench_cuda_mode_is_skipped_cleanly_without_a_gpu():
+    done = run_script("bench.py", "--device", "cuda")
+    assert done.returncode == 0
+    assert done.stdout == "" and done.stderr.strip() == (
+        "bench.py: no CUDA device here; the --device cuda benchmark is skipped"
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_cuda_sweep_runs_every_batch_size():
+    results = last_json(
+        run_script(
+            "bench.py",
+            "--device",
+            "cuda",
+            "--size",
+            "1024",
+            "--tile-size",
+            "256",
+            "--batch-sizes",
+            "2",
+            "4",
+            "--channels-last",
+        )
+    )
+    assert [row["batch_size"] for row in results["sweep"]] == [2, 4]
+    assert results["precision"] == "torch.float16"
+
+
+def test_scaling_bench_measures_each_size_and_draws_the_chart(tmp_path):
+    chart = tmp_path / "scaling.svg"
+    results = last_json(
+        run_script("bench_scaling.py", "--sizes", "256", "512", "--norms", "in", "dn", "--plot", str(chart))
+    )
+    assert set(results) == {"256", "512"}
+    for runs in results.values():
+        for norm, run in runs.items():
+            assert run["norm"] == norm  # the child ran the policy asked for
+            assert run["exit"] == 0 and run["seconds"] > 0 and run["peak_rss_mb"] > 0
+    svg = ElementTree.parse(chart).getroot()
+    assert svg.tag.endswith("svg") and len(svg.findall("{http://www.w3.org/2000/svg}circle")) == 2 * 2 * 2
