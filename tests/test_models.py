@@ -146,6 +146,40 @@ def test_pickled_modules_need_trust(tmp_path, generator):
     assert (custom.family, custom.stride, custom.norm_layers) == ("CustomGenerator", 2, 1)
 
 
+def with_tracked_instance_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every InstanceNorm recording running averages (``track_running_stats=True``)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.InstanceNorm2d):
+            setattr(module, name, nn.InstanceNorm2d(child.num_features, track_running_stats=True))
+        else:
+            with_tracked_instance_norm(child)
+    return module
+
+
+def test_pre_0_4_running_statistics_are_ignored(tmp_path, generator):
+    # PyTorch < 0.4 saved running_mean/var for InstanceNorm (unused); old CycleGAN checkpoints have them.
+    sd = dict(generator.module.state_dict())
+    tracked = with_tracked_instance_norm(ResnetGenerator(ngf=8, n_blocks=2)).state_dict()
+    sd.update({k: v for k, v in tracked.items() if k.endswith(("running_mean", "running_var"))})
+    torch.save(sd, tmp_path / "old.pth")
+    loaded = load_generator(tmp_path / "old.pth")
+    torch.testing.assert_close(loaded.module.state_dict(), generator.module.state_dict())
+    assert loaded.notes == ["ignored 18 unused InstanceNorm running statistics (PyTorch < 0.4)"]
+    assert loaded.warnings == []
+
+
+def test_models_trained_with_running_averages_load_with_a_warning(tmp_path):
+    module = with_tracked_instance_norm(ResnetGenerator(ngf=8, n_blocks=2)).eval()
+    torch.save(module.state_dict(), tmp_path / "tracked.pth")
+    torch.save(module, tmp_path / "tracked_module.pth")
+    for loaded in (
+        load_generator(tmp_path / "tracked.pth"),
+        load_generator(tmp_path / "tracked_module.pth", trust_code=True),
+    ):
+        (warning,) = loaded.warnings
+        assert "track_running_stats=True" in warning and "differ from the model's eval mode" in warning
+
+
 def test_arch_forces_a_family(tmp_path, generator):
     path = tmp_path / "g.pth"
     torch.save(generator.module.state_dict(), path)

@@ -29,6 +29,7 @@ def model_info(path: Path, arch: str | None, trust_code: bool) -> dict:
         "parameters": generator.parameter_count,
         "default_margin_at_512": default_margin(512, generator.stride),
         "notes": generator.notes,
+        "warnings": generator.warnings,
     }
 
 

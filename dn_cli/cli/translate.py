@@ -318,8 +318,8 @@ def translate(
 
     torch_device = select_device(device)
     generator = load_generator(model_path, arch=arch, trust_code=trust_code)
-    if generator.norm_layers == 0:
-        click.echo(f"dn: warning: {model_path.name} has no InstanceNorm layers: DN changes nothing", err=True)
+    for warning in generator.warnings:
+        click.echo(f"dn: warning: {warning}", err=True)
     margin = default_margin(tile_size, generator.stride) if margin is None else margin
     check_geometry(tile_size, margin, generator.stride)  # once, before any slide
     runner = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))

@@ -76,6 +76,7 @@ class Generator:
     stride: int
     file_format: str = "state dict"
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown by ``dn translate`` on stderr
 
     @property
     def parameter_count(self) -> int:
@@ -177,6 +178,20 @@ def _strip_prefix(sd: StateDict) -> StateDict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _split_running_stats(sd: StateDict) -> tuple[StateDict, list[str]]:
+    """The state dict without InstanceNorm running statistics, and the keys taken out.
+
+    Every family normalises with InstanceNorm only, so these keys come from InstanceNorm: saved
+    by PyTorch < 0.4 (which recorded them unused; the CycleGAN code drops them on load too), or
+    by a model trained with ``track_running_stats=True`` (then with ``num_batches_tracked``).
+    """
+    dropped = [k for k in sd if k.rpartition(".")[2] in RUNNING_STATS]
+    return {k: v for k, v in sd.items() if k not in dropped}, dropped
+
+
 def _listed(keys: list[str], limit: int = 4) -> str:
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -246,7 +261,7 @@ def load_generator(path: Path, arch: str | None = None, trust_code: bool = False
     """Load the generator in ``path``; ``arch`` forces a family instead of detecting it."""
     obj, file_format = _read(path, trust_code)
     sd, module, wrapper = _unwrap(obj, path)
-    sd = _strip_prefix(sd)
+    sd, running_stats = _split_running_stats(_strip_prefix(sd))
     source = str(path)
     family = family_named(arch) if arch else next((f for f in families() if f.detects(sd)), None)
     if family is not None:
@@ -260,5 +275,15 @@ def load_generator(path: Path, arch: str | None = None, trust_code: bool = False
     generator.file_format = "pickled module" if module is not None and file_format != "TorchScript" else file_format
     if wrapper:
         generator.notes.append(f"weights from the checkpoint's {wrapper!r} entry")
+    tracked = any(isinstance(m, nn.InstanceNorm2d) and m.track_running_stats for m in generator.module.modules())
+    if tracked or any(k.endswith(".num_batches_tracked") for k in running_stats):
+        generator.warnings.append(
+            f"{path.name} was trained with InstanceNorm running averages (track_running_stats=True); "
+            "dn normalises with instance statistics, as in training, so outputs differ from the model's eval mode"
+        )
+    elif running_stats:
+        generator.notes.append(f"ignored {len(running_stats)} unused InstanceNorm running statistics (PyTorch < 0.4)")
+    if generator.norm_layers == 0:
+        generator.warnings.append(f"{path.name} has no InstanceNorm layers: DN changes nothing")
     _check_channels(generator, source)
     return generator
