@@ -24,3 +24,7 @@ class InputError(DnError):
 
 class OutputError(DnError):
     """An output that cannot or may not be written."""
+
+
+class DeviceMemoryError(DnError):
+    """A batch of tiles does not fit in the device's memory."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast
-from dn_cli.errors import ModelError
+from dn_cli.errors import DeviceMemoryError, ModelError
 from dn_cli.geometry import TileGrid, check_geometry, default_margin
 from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
@@ -50,9 +50,16 @@ class TileRunner:
         x = torch.from_numpy(tiles)
         if self.device.type == "cuda":
             x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            return self.module(x)
+        try:
+            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1
+            with torch.inference_mode(), autocast(self.device, self.dtype):
+                return self.module(x)
+        except torch.cuda.OutOfMemoryError as e:  # the same class as torch.OutOfMemoryError (torch ≥ 2.5)
+            batch, size = tiles.shape[0], tiles.shape[1]
+            raise DeviceMemoryError(
+                f"out of {self.device} memory for {batch} tiles of {size}² pixels at once: "
+                "lower --batch-size or --tile-size" + ("" if self.dtype else ", or use --precision fp16")
+            ) from e
 
     def collect(self, tiles: np.ndarray) -> torch.Tensor:
         """Per-tile moments of every norm layer, ``(B, 2, C_total)``, under patch-wise IN."""

@@ -31,6 +31,7 @@ from bench_scaling import make_slide  # noqa: E402
 
 from dn_cli.dense_norm import DenseNorm2d  # noqa: E402
 from dn_cli.device import autocast_dtype, select_device  # noqa: E402
+from dn_cli.errors import DeviceMemoryError  # noqa: E402
 from dn_cli.geometry import default_margin  # noqa: E402
 from dn_cli.image_io import PyramidTiffSink  # noqa: E402
 from dn_cli.models import DEMO_MODEL, load_generator  # noqa: E402
@@ -168,7 +169,7 @@ def main() -> None:
         for batch in batch_sizes:
             try:
                 row = measure(runner, slide, args.tile_size, margin, batch)
-            except torch.cuda.OutOfMemoryError:
+            except DeviceMemoryError:
                 print(f"batch {batch}: out of GPU memory; the sweep stops here", flush=True)
                 break
             finally:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from dn_cli.errors import DeviceMemoryError
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.pipeline import TileRunner, translate
 
@@ -42,3 +43,16 @@ def test_recorded_moments_are_float32_under_fp16(tissue):
     runner = TileRunner(make_generator(), torch.device("cuda"), torch.float16)
     packed = runner.collect(np.ascontiguousarray(tissue[None, :96, :96]))
     assert packed.dtype == torch.float32 and packed.device.type == "cuda"
+
+
+def test_running_out_of_gpu_memory_names_the_options_to_lower(tissue):
+    runner = TileRunner(make_generator(ngf=64), torch.device("cuda"))
+    tiles = np.zeros((8, 512, 512, 3), np.uint8)  # 8 × 64 × 512² float32 maps: 537 MB per layer
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(256 * 2**20 / torch.cuda.get_device_properties(0).total_memory)
+    try:
+        with pytest.raises(DeviceMemoryError, match="8 tiles of 512² pixels at once: lower --batch-size"):
+            runner.forward(tiles, None)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
