@@ -160,7 +160,7 @@ class PyramidTiffSink:
         self._stream = PngStream(width, height)
         self._band: np.ndarray | None = None  # the row of tiles being filled
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
-        self._pending = b""
+        self._pending, self._offset = memoryview(b""), 0  # the chunk libvips is reading, and how far
         self._failure: BaseException | None = None
         self._tmp = temporary_beside(path, ".partial.tif")
         options = {
@@ -183,13 +183,15 @@ class PyramidTiffSink:
         self._thread.start()
 
     def _read(self, size: int) -> bytes:
-        # Called by libvips (on its own thread) whenever it wants more of the PNG stream.
-        while not self._pending:
+        # Called by libvips (on its own thread) whenever it wants more of the PNG stream, 4 kB at
+        # a time: a view into the current chunk, so each call copies only what it returns.
+        while self._offset == len(self._pending):
             chunk = self._chunks.get()
             if chunk is None:
                 return b""
-            self._pending = chunk
-        data, self._pending = self._pending[:size], self._pending[size:]
+            self._pending, self._offset = memoryview(chunk), 0
+        data = self._pending[self._offset : self._offset + size]
+        self._offset += len(data)
         return data
 
     def _save(self, options: dict, description: str) -> None:
