@@ -29,7 +29,6 @@ def test_bench_reports_the_pipeline_against_the_ceiling():
     assert row["batch_size"] == 2 and row["tiles"] == 4
     for key in ("ceiling_tiles_per_s", "in_tiles_per_s", "dn_tiles_per_s", "in_fraction", "dn_fraction"):
         assert row[key] > 0
-    assert row["dn_tiles_per_s"] < row["in_tiles_per_s"]  # two forwards per tile
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machines without a GPU")
