@@ -13,8 +13,6 @@ import torch
 
 from dn_cli.dense_norm import Neighbourhood
 
-UNSHARED_WEIGHT = 1e-6  # the weight of a tile's own moments when it keeps them from others
-
 
 class MomentLayout:
     """Packs and unpacks per-layer moments; ``channels[i]`` is layer i's channel count."""
@@ -48,14 +46,8 @@ class MomentRing:
         self._written = np.zeros((slots + 1, cols + 2), bool)  # on the host: no device sync
         self._slot_row: list[int | None] = [None] * slots
 
-    def write(
-        self, tiles: Sequence[int], packed: torch.Tensor, oldest_needed_row: int, shared: np.ndarray | None = None
-    ) -> None:
-        """Store ``packed`` ``(B, 2, C_total)`` for raster ``tiles``.
-
-        Tiles where ``shared`` is False keep their moments for themselves only: their neighbours
-        see them as missing (a flat tile's tiny variance must not swamp its neighbours).
-        """
+    def write(self, tiles: Sequence[int], packed: torch.Tensor, oldest_needed_row: int) -> None:
+        """Store ``packed`` ``(B, 2, C_total)`` for raster ``tiles``."""
         rows, cols = np.divmod(np.asarray(tiles), self.cols)
         for row in np.unique(rows):
             slot = row % self.slots
@@ -68,7 +60,7 @@ class MomentRing:
         slot_idx = torch.as_tensor(rows % self.slots, device=packed.device)
         col_idx = torch.as_tensor(cols + 1, device=packed.device)
         self._moments[slot_idx, col_idx] = packed
-        self._written[rows % self.slots, cols + 1] = True if shared is None else shared
+        self._written[rows % self.slots, cols + 1] = True
 
     def gather(self, tiles: Sequence[int]) -> Neighbourhood:
         """The 3 × 3 neighbourhoods of raster ``tiles``."""
@@ -80,12 +72,7 @@ class MomentRing:
         s = torch.as_tensor(slot_idx, device=device)[:, :, None]
         c = torch.as_tensor(col_idx, device=device)[:, None, :]
         written = self._written[slot_idx[:, :, None], col_idx[:, None, :]]
-        valid = written.astype(np.float32)
-        # A tile always has its own moments (being applied, it was collected). One it does not
-        # share gets a token weight: its shared neighbours decide wherever they reach, and its
-        # own moments only where none does, which keeps every pixel's blend weight positive.
-        valid[:, 1, 1] = np.where(written[:, 1, 1], 1.0, UNSHARED_WEIGHT)
-        valid = torch.as_tensor(valid).to(device, non_blocking=True)
+        valid = torch.as_tensor(written.astype(np.float32)).to(device, non_blocking=True)
         return self.layout.neighbourhood(self._moments[s, c], valid, bool(written.all()))
 
     def _slot_of(self, row: int) -> int:

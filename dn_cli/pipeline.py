@@ -94,7 +94,7 @@ class TileRunner:
 
     def thumbnail_moments(self, thumbnail: np.ndarray) -> torch.Tensor:
         """Moments of a whole-image thumbnail (TIN), ``(1, 2, C_total)``."""
-        return self.collect(fit_to_stride(thumbnail, self.stride)[None])
+        return self.collect(np.array(fit_to_stride(thumbnail, self.stride)[None]))  # a writable copy
 
 
 def fit_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
@@ -113,8 +113,9 @@ FLAT_STD = 3.0  # grey levels: scanner noise on glass; tissue and textured scene
 def is_flat(padded_tile: np.ndarray, margin: int, tile_size: int) -> bool:
     """Whether a tile's own pixels are near-constant (glass, sky, a flat background).
 
-    Such a tile's variance is noise, its inverse std huge: DN keeps it from its neighbours'
-    moments (it is normalised with theirs instead), which removes the halos it would cast.
+    Such a tile's variance is noise, its inverse std huge: blended into its neighbours' it would
+    cast halos on them. Its moments are replaced by the whole image's (a thumbnail's), which
+    blend like any tile's: the field stays one continuous function over the image.
     """
     own = padded_tile[margin : margin + tile_size : 4, margin : margin + tile_size : 4]  # a 1/16 sample suffices
     return float(own.std(axis=(0, 1)).max()) < FLAT_STD
@@ -206,6 +207,7 @@ def translate(
         # Collected tiles are read once, ahead of the model, and wait here until applied.
         reading = [tiles for step, tiles in plan if step.kind == "collect"] or [tiles for _, tiles in plan if tiles]
         pending: dict[int, np.ndarray] = {}
+        image_moments = None  # the thumbnail's moments, taken at the first flat tile
         applied = 0
         if progress is not None:
             progress(0, len(grid))
@@ -215,12 +217,13 @@ def translate(
                     batch = reader.read(tiles)
                     pending.update(zip(tiles, batch, strict=True))
                     oldest_needed_row = grid.position(applied)[0] - 1
-                    moments.write(
-                        tiles,
-                        runner.collect(np.stack(batch)),
-                        oldest_needed_row,
-                        shared=np.array([not is_flat(t, margin, tile_size) for t in batch]),
-                    )
+                    packed = runner.collect(np.stack(batch))
+                    flat = np.array([is_flat(t, margin, tile_size) for t in batch])
+                    if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
+                        if image_moments is None:
+                            image_moments = runner.thumbnail_moments(source.thumbnail(grid.padded_size))[0]
+                        packed[torch.as_tensor(np.flatnonzero(flat), device=packed.device)] = image_moments
+                    moments.write(tiles, packed, oldest_needed_row)
                     continue
                 translated = {}
                 if tiles:
