@@ -92,9 +92,11 @@ class TileRunner:
         y = ((y.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
         return y.permute(0, 2, 3, 1).cpu().numpy()
 
-    def thumbnail_moments(self, thumbnail: np.ndarray) -> torch.Tensor:
-        """Moments of a whole-image thumbnail (TIN), ``(1, 2, C_total)``."""
-        return self.collect(np.array(fit_to_stride(thumbnail, self.stride)[None]))  # a writable copy
+    def image_moments(self, source: ImageSource, side: int) -> torch.Tensor:
+        """The whole image's moments, ``(1, 2, C_total)``: those of its thumbnail, at most ``side``
+        pixels (TIN's moments, and what near-constant tiles carry under DN)."""
+        thumbnail = fit_to_stride(source.thumbnail(side), self.stride)
+        return self.collect(np.array(thumbnail[None]))  # a writable copy: thumbnails may be read-only
 
 
 def fit_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
@@ -188,7 +190,7 @@ def translate(
             steps = apply_only(grid.rows, grid.cols, batch_size)
         elif policy == "tin":
             steps = apply_only(grid.rows, grid.cols, batch_size)
-            moments = ThumbnailMoments(runner.layout, runner.thumbnail_moments(source.thumbnail(grid.padded_size)))
+            moments = ThumbnailMoments(runner.layout, runner.image_moments(source, grid.padded_size))
         else:
             steps = (two_pass if two_pass_oracle else single_pass)(grid.rows, grid.cols, batch_size)
             slots = rows_in_flight(steps, grid.cols)
@@ -221,7 +223,7 @@ def translate(
                     flat = np.array([is_flat(t, margin, tile_size) for t in batch])
                     if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
                         if image_moments is None:
-                            image_moments = runner.thumbnail_moments(source.thumbnail(grid.padded_size))[0]
+                            image_moments = runner.image_moments(source, grid.padded_size)[0]
                         packed[torch.as_tensor(np.flatnonzero(flat), device=packed.device)] = image_moments
                     moments.write(tiles, packed, oldest_needed_row)
                     continue
