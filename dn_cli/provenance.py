@@ -34,9 +34,14 @@ def provenance(source: Path, model: Path, family: str, settings: dict) -> dict:
     }
 
 
+def sidecar_path(output: Path) -> Path:
+    """Where the provenance record of ``output`` goes: ``<output>.json`` beside it."""
+    return output.with_name(output.name + ".json")
+
+
 def write_sidecar(output: Path, record: dict) -> Path:
-    """``<output>.json`` beside the output, written atomically."""
-    sidecar = output.with_name(output.name + ".json")
+    """The provenance record beside the output (:func:`sidecar_path`), written atomically."""
+    sidecar = sidecar_path(output)
     tmp = sidecar.with_name(f".{sidecar.name}.partial")
     tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, sidecar)

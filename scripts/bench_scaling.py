@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_dn_overhead import machine  # noqa: E402
 from svg_chart import Panel, Series, write_chart  # noqa: E402
 
+from dn_cli.provenance import sidecar_path  # noqa: E402
+
 
 def make_slide(path: Path, size: int) -> None:
     tissue = pyvips.Image.new_from_array(
@@ -63,7 +65,7 @@ def run_translation(slide: Path, out: Path, norm: str) -> dict:
     )
     run = json.loads(done.stdout.strip().splitlines()[-1])
     # What actually ran, from the output's provenance record, not from what was asked.
-    run["norm"] = json.loads(out.with_name(out.name + ".json").read_text())["norm"]
+    run["norm"] = json.loads(sidecar_path(out).read_text())["norm"]
     return run
 
 
