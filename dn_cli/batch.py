@@ -1,11 +1,14 @@
-"""Which slides a batch translates and where each output goes: pure path bookkeeping."""
+"""Which slides a batch translates and where each output goes: path bookkeeping, no image I/O."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from dn_cli.errors import DnError
+from dn_cli.provenance import sidecar_path
 
 # What a folder is searched for unless --pattern says otherwise: slide formats OpenSlide reads,
 # and ordinary images.
@@ -27,11 +30,20 @@ DEFAULT_PATTERNS = (
 )
 
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(path.name.lower(), p.lower()) for p in patterns)
 
 
-def _in_folder(folder: Path, patterns: tuple[str, ...], recursive: bool) -> list[Path]:
+def _in_folder(
+    folder: Path, patterns: tuple[str, ...], recursive: bool, skip: set[Path], seen: set[Path]
+) -> list[Path]:
+    real = folder.resolve()
+    if real in seen or real in skip:  # a symlink loop, a folder reached twice, or the output folder
+        return []
+    seen.add(real)
     found: list[Path] = []
     entries = sorted(folder.iterdir())
     names = {e.name for e in entries}
@@ -40,7 +52,7 @@ def _in_folder(folder: Path, patterns: tuple[str, ...], recursive: bool) -> list
         if entry.is_dir():
             # An MRXS slide's data folder sits beside X.mrxs: it is part of that slide.
             if recursive and f"{entry.name}.mrxs" not in names:
-                found += _in_folder(entry, patterns, recursive)
+                found += _in_folder(entry, patterns, recursive, skip, seen)
         elif _matches(entry, patterns) and not entry.name.startswith("."):
             # The files of a DICOM series are one slide: OpenSlide opens it from any of them.
             if entry.suffix.lower() == ".dcm":
@@ -52,34 +64,138 @@ def _in_folder(folder: Path, patterns: tuple[str, ...], recursive: bool) -> list
 
 
 def expand_inputs(
-    paths: list[Path], *, recursive: bool = False, patterns: tuple[str, ...] = DEFAULT_PATTERNS
-) -> list[Path]:
-    """Files as given, folders searched for ``patterns``; sorted, each once."""
-    found: list[Path] = []
+    paths: list[Path],
+    *,
+    recursive: bool = False,
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS,
+    skip: Path | None = None,
+) -> list[tuple[Path, Path]]:
+    """(file, folder of its output relative to ``-o``) for files as given and files found in folders.
+
+    A file found in a folder keeps its place below that folder (``sub/x.svs`` → ``sub``), so
+    files of the same name in different subfolders get different outputs; a file given itself
+    has its output directly in ``-o``. Folders are searched for ``patterns`` (each real folder
+    once, ``skip`` never); the result is sorted by path, each file once.
+    """
+    found: dict[str, tuple[Path, Path]] = {}
+    skipped = {skip.resolve()} if skip is not None else set()
     for path in paths:
         if path.is_dir():
-            found += _in_folder(path, patterns, recursive)
-        else:
-            found.append(path)  # a missing file fails on its own, with the others unaffected
-    return sorted(dict.fromkeys(found))
+            for file in _in_folder(path, patterns, recursive, skipped, set()):
+                found.setdefault(os.path.realpath(file), (file, file.parent.relative_to(path)))
+        else:  # a missing file fails on its own, with the others unaffected
+            found.setdefault(os.path.realpath(path), (path, Path()))
+    return sorted(found.values())
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``K/N`` (1 ≤ K ≤ N) → (K, N)."""
+    """``K/N`` (0 ≤ K < N, counted from 0 like job array indices) → (K, N)."""
     try:
         k, n = (int(part) for part in text.split("/"))
     except ValueError:
-        raise DnError(f"--shard takes K/N, e.g. 2/8, not {text!r}") from None
-    if not 1 <= k <= n:
-        raise DnError(f"--shard {text}: K must be between 1 and N")
+        raise DnError(f"--shard takes K/N, e.g. 0/8, not {text!r}") from None
+    if n < 1:
+        raise DnError(f"--shard {text}: N must be at least 1")
+    if not 0 <= k < n:
+        raise DnError(f"--shard {text}: K counts from 0 and must be 0 to {n - 1} (as --array=0-{n - 1} gives)")
     return k, n
 
 
-def shard(items: list[Path], k: int, n: int) -> list[Path]:
-    """Every N-th item from the K-th: shards of a sorted list are disjoint, cover it, and stay balanced."""
-    return items[k - 1 :: n]
+def shard(items: list, k: int, n: int) -> list:
+    """Every N-th item from the K-th (from 0): shards of a sorted list are disjoint, cover it, and stay balanced."""
+    return items[k::n]
 
 
-def output_for(source: Path, folder: Path, suffix: str = ".tif") -> Path:
-    """The output of ``source`` in ``folder``: its name with ``suffix``."""
-    return folder / f"{source.stem}{suffix}"
+@dataclass(frozen=True)
+class Job:
+    """One input and every file a translation of it writes."""
+
+    source: Path
+    output: Path
+    preview: Path | None = None
+    tissue_mask: Path | None = None
+
+    @property
+    def sidecar(self) -> Path:
+        return sidecar_path(self.output)
+
+    @property
+    def files(self) -> list[Path]:
+        """What the job writes, the output first (publishing it claims the name)."""
+        return [self.output, self.sidecar, *(p for p in (self.tissue_mask, self.preview) if p is not None)]
+
+
+def picture_path(option: Path, source: Path, folder: Path, kind: str) -> Path:
+    """A picture option naming a file (.png, .jpg) is that file; anything else is a folder that
+    gets ``folder/NAME_kind.png``."""
+    if option.suffix.lower() in PICTURE_SUFFIXES:
+        return option
+    return option / folder / f"{source.stem}_{kind}.png"
+
+
+def plan_jobs(
+    found: list[tuple[Path, Path]],
+    output: Path,
+    *,
+    one_file: bool,
+    suffix: str = ".tif",
+    preview: Path | None = None,
+    tissue_mask: Path | None = None,
+) -> list[Job]:
+    """A job per input: its output (``output`` itself for one file, else ``output/folder/NAME.suffix``)
+    and the pictures asked for."""
+    jobs = []
+    for source, folder in found:
+        target = output if one_file else output / folder / f"{source.stem}{suffix}"
+        jobs.append(
+            Job(
+                source,
+                target,
+                None if preview is None else picture_path(preview, source, folder, "preview"),
+                None if tissue_mask is None else picture_path(tissue_mask, source, folder, "tissue"),
+            )
+        )
+    return jobs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_jobs(jobs: list[Job]) -> None:
+    """Refuse, before any work, a run that would write one file twice or write over one of its inputs."""
+    writers: dict[str, tuple[Job, Path]] = {}
+    for job in jobs:
+        for path in job.files:
+            key = os.path.realpath(path)
+            if key in writers:
+                other, first = writers[key]
+                raise DnError(
+                    f"{path} would be written twice: as the {_role(other, first)} of {other.source} and as the "
+                    f"{_role(job, path)} of {job.source}" + _clash_hint(other, job)
+                )
+            writers[key] = (job, path)
+    inputs = [job.source for job in jobs]
+    for job in jobs:
+        for path in job.files:
+            for source in inputs:
+                if _same_file(path, source):
+                    raise DnError(
+                        f"{path} is an input of this run and would be written over as the {_role(job, path)} "
+                        f"of {job.source}: write to another folder"
+                    )
+
+
+def _role(job: Job, path: Path) -> str:
+    return {job.output: "output", job.sidecar: "provenance record", job.preview: "preview"}.get(path, "tissue mask")
+
+
+def _clash_hint(a: Job, b: Job) -> str:
+    if a is b:
+        return ": give them different paths"
+    if a.source.stem == b.source.stem:
+        return ": inputs of the same name need different folders (give the folder that holds them, not the files)"
+    return ": give a folder instead of a file name"

@@ -6,6 +6,11 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 input``, ``3 inputs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class DnError(Exception):
     """Base of every error that is the user's input, not a bug in dn."""
 

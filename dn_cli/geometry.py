@@ -12,6 +12,7 @@ import numpy as np
 from dn_cli.errors import GeometryError
 
 DEFAULT_MIN_MARGIN = 16
+MAX_TILE = 8192  # a tile's activations alone would fill any GPU beyond this
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,16 @@ def check_geometry(tile_size: int, margin: int, stride: int) -> None:
 
 def _nearest(values: list[int], target: int, count: int = 3) -> list[int]:
     return sorted(sorted(values, key=lambda v: abs(v - target))[:count])
+
+
+def fit_grid(width: int, height: int, tile_size: int, margin: int, stride: int, min_size: int = 1) -> TileGrid:
+    """The tile grid over an image; a tile larger than the image shrinks to the smallest that
+    still covers it, runs through the model (``T + 2m`` a multiple of ``stride``, at least
+    ``min_size``) and holds the margin, so a huge ``--tile-size`` never costs more than the image."""
+    if tile_size > max(width, height):
+        low = max(width, height, 2 * margin, min_size - 2 * margin)
+        tile_size = next(t for t in range(low, tile_size + 1) if (t + 2 * margin) % stride == 0)
+    return TileGrid(width, height, tile_size, margin)
 
 
 def default_margin(tile_size: int, stride: int) -> int:

@@ -1,13 +1,12 @@
 """Ordinary image files (PNG, JPEG, TIFF that fit in memory) in and out, through pyvips.
 
-The only module that imports pyvips. Outputs appear under their final name only when complete.
+The only module that imports pyvips. Writers write the path they are given; under which name
+a finished file appears is ``outputs``' job.
 """
 
 from __future__ import annotations
 
-import os
 import queue
-import tempfile
 import threading
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -22,6 +21,7 @@ from dn_cli.png_stream import PngStream
 
 SAVE_OPTIONS = {".png": {"compression": 6}, ".jpg": {"Q": 90}, ".jpeg": {"Q": 90}}
 PYRAMID_SUFFIXES = (".tif", ".tiff")
+OUTPUT_SUFFIXES = (*SAVE_OPTIONS, *PYRAMID_SUFFIXES)
 
 
 def _to_rgb8(image: pyvips.Image) -> pyvips.Image:
@@ -55,50 +55,23 @@ def _mpp(image: pyvips.Image) -> float | None:
     return None
 
 
-def temporary_beside(path: Path, suffix: str) -> Path:
-    """An empty hidden file in ``path``'s folder (so the final rename is atomic), with the
-    permissions a plain new file would get."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
-
-
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse an output path before any work is done for it."""
-    suffixes = (*SAVE_OPTIONS, *PYRAMID_SUFFIXES)
-    if path.suffix.lower() not in suffixes:
-        raise OutputError(f"cannot write {path.name}: the extension must be one of {', '.join(suffixes)}")
+def check_output(path: Path) -> None:
+    """Refuse an output file name dn cannot write, before any work is done for it."""
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise OutputError(f"cannot write {path.name}: the extension must be one of {', '.join(OUTPUT_SUFFIXES)}")
     if path.is_dir():
         raise OutputError(f"{path} is a folder")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists (use --overwrite to replace it)")
 
 
 class ImageFileSink(Canvas):
-    """Assembles a PNG or JPEG output in memory and saves it atomically when closed."""
+    """Assembles a PNG or JPEG output in memory and saves it to ``path`` (format by suffix) when closed."""
 
     def __init__(self, path: Path, width: int, height: int) -> None:
         super().__init__(width, height)
         self.path = path
 
-    def abort(self) -> None:
-        pass  # nothing is on disk before close
-
     def close(self) -> None:
-        suffix = self.path.suffix.lower()
-        tmp = temporary_beside(self.path, f".partial{suffix}")  # same suffix: pyvips picks the format
-        try:
-            image = pyvips.Image.new_from_array(self.pixels, interpretation="srgb")
-            image.write_to_file(str(tmp), **SAVE_OPTIONS[suffix])
-            os.replace(tmp, self.path)
-        except pyvips.Error as e:
-            raise OutputError(f"cannot write {self.path}: {first_line(e)}") from e
-        finally:
-            tmp.unlink(missing_ok=True)
+        save_picture(self.pixels, self.path)
 
 
 def image_info(path: Path) -> dict:
@@ -132,16 +105,17 @@ class PyramidTiffSink:
 
     Tiles arrive in raster order; each finished row of tiles becomes PNG rows (``png_stream``)
     that a writer thread feeds to pyvips, which builds every pyramid level as the rows pass and
-    writes them to a temporary file in the output folder. Memory holds one row of tiles and a
-    short queue, whatever the image height. ``close`` renames the file into place; ``abort``
-    (or any failure) deletes it.
+    writes them to ``path``. Memory holds one row of tiles and a short queue, whatever the image
+    height. ``close`` completes the file; ``abort`` (or any failure) deletes it. (Giving the file
+    its final name is the caller's: see ``outputs.Partial``.)
 
     Args:
-        path: final output path.
+        path: the file to write.
         width, height: image size in pixels.
         mpp: pixel size in µm, recorded as resolution in pixels per cm (None: not recorded).
         compression: one of ``TIFF_COMPRESSIONS``; ``quality`` applies to jpeg and webp.
         description: stored as the TIFF ImageDescription (provenance).
+        ome: OME-TIFF (pyramid in SubIFDs, OME-XML); ``name`` is the image's name in it.
     """
 
     def __init__(
@@ -155,14 +129,15 @@ class PyramidTiffSink:
         quality: int = 85,
         description: str = "",
         ome: bool = False,
+        name: str | None = None,
     ) -> None:
         self.path, self.width, self.height = path, width, height
         self._stream = PngStream(width, height)
         self._band: np.ndarray | None = None  # the row of tiles being filled
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
         self._pending, self._offset = memoryview(b""), 0  # the chunk libvips is reading, and how far
+        self._ended = False  # the stream's end was handed to libvips
         self._failure: BaseException | None = None
-        self._tmp = temporary_beside(path, ".partial.tif")
         options = {
             "tile": True,
             "tile_width": 256,
@@ -177,17 +152,21 @@ class PyramidTiffSink:
             options.update(xres=1000 / mpp, yres=1000 / mpp, resunit="cm")  # libvips takes pixels per mm
         if ome:  # pyramid levels as SubIFDs of the full-resolution image, described by OME-XML
             options["subifd"] = True
-            description = ome_xml(path.name, width, height, mpp, description)
+            description = ome_xml(name or path.name, width, height, mpp, description)
         self._chunks.put(self._stream.header())
         self._thread = threading.Thread(target=self._save, args=(options, description), daemon=True)
         self._thread.start()
 
     def _read(self, size: int) -> bytes:
         # Called by libvips (on its own thread) whenever it wants more of the PNG stream, 4 kB at
-        # a time: a view into the current chunk, so each call copies only what it returns.
+        # a time: a view into the current chunk, so each call copies only what it returns. libvips
+        # may ask again after the end (small images): the end is answered as often as asked.
         while self._offset == len(self._pending):
+            if self._ended:
+                return b""
             chunk = self._chunks.get()
             if chunk is None:
+                self._ended = True
                 return b""
             self._pending, self._offset = memoryview(chunk), 0
         data = self._pending[self._offset : self._offset + size]
@@ -202,7 +181,7 @@ class PyramidTiffSink:
             if description:
                 image = image.copy()
                 image.set_type(pyvips.GValue.gstr_type, "image-description", description)
-            image.tiffsave(str(self._tmp), **options)
+            image.tiffsave(str(self.path), **options)
         except BaseException as e:  # reported to the translating thread by _put / close
             self._failure = e
 
@@ -217,10 +196,10 @@ class PyramidTiffSink:
             self._raise_failure()
 
     def _raise_failure(self) -> None:
-        self._tmp.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
         e = self._failure
-        message = first_line(e) if e is not None else "the writer stopped"
-        raise OutputError(f"cannot write {self.path}: {message}") from e
+        message = vips_reason(e) if e is not None else "the writer stopped"
+        raise OutputError(f"cannot write {self.path.name}: {message}") from e
 
     def write(self, box: Box, pixels: np.ndarray) -> None:
         if self._band is None:
@@ -231,14 +210,15 @@ class PyramidTiffSink:
             self._band = None
 
     def close(self) -> None:
+        """Finish the file (waits for libvips to write the last rows and the pyramid)."""
         self._put(None)
-        self._thread.join()
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.5)  # in slices: Ctrl-C and SIGTERM are heard meanwhile
         if self._failure is not None:
             self._raise_failure()
-        os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
-        """Stop the writer and delete the temporary file."""
+        """Stop the writer and delete the file."""
         self._failure = self._failure or OutputError("aborted")
         while self._thread.is_alive():
             try:
@@ -248,7 +228,19 @@ class PyramidTiffSink:
                     self._chunks.get_nowait()
                 except queue.Empty:
                     pass
-        self._tmp.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
+
+def vips_reason(error: BaseException) -> str:
+    """What libvips says went wrong, in words: the operating system's reason where it gives one
+    (``no space left on device``), else its first detail."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        reason = line.removeprefix("system error:").strip()
+        if reason != line and not reason.lower().startswith("unknown error"):
+            return reason.lower()
+    details = [line for line in lines if not line.startswith("unable to call")]
+    return (details or [first_line(error)])[0]
 
 
 def ome_xml(name: str, width: int, height: int, mpp: float | None, comment: str) -> str:
@@ -277,13 +269,31 @@ def open_sink(
     quality: int,
     description: str,
     ome: bool = False,
+    name: str | None = None,
 ) -> ImageFileSink | PyramidTiffSink:
-    """A pyramidal TIFF for ``.tif`` outputs (OME-TIFF with ``ome``), an in-memory PNG / JPEG otherwise."""
+    """A pyramidal TIFF for ``.tif`` paths (OME-TIFF with ``ome``), an in-memory PNG / JPEG otherwise."""
     if path.suffix.lower() in PYRAMID_SUFFIXES:
         return PyramidTiffSink(
-            path, width, height, mpp=mpp, compression=compression, quality=quality, description=description, ome=ome
+            path,
+            width,
+            height,
+            mpp=mpp,
+            compression=compression,
+            quality=quality,
+            description=description,
+            ome=ome,
+            name=name,
         )
     return ImageFileSink(path, width, height)
+
+
+def image_description(path: Path) -> str | None:
+    """The ImageDescription of a TIFF (None for other files, or where there is none)."""
+    try:
+        image = pyvips.Image.new_from_file(str(path))
+        return image.get("image-description") if "image-description" in image.get_fields() else None
+    except pyvips.Error:
+        return None
 
 
 def thumbnail_file(path: Path, side: int) -> np.ndarray:
@@ -291,11 +301,10 @@ def thumbnail_file(path: Path, side: int) -> np.ndarray:
     return _to_rgb8(pyvips.Image.thumbnail(str(path), side)).numpy()
 
 
-def save_png(pixels: np.ndarray, path: Path) -> None:
-    """Write a small uint8 RGB picture (QC overlays, previews) atomically; folders are created."""
-    tmp = temporary_beside(path, ".partial.png")
+def save_picture(pixels: np.ndarray, path: Path) -> None:
+    """Write uint8 RGB pixels to ``path``, PNG or JPEG by its suffix."""
     try:
-        pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb").pngsave(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb")
+        image.write_to_file(str(path), **SAVE_OPTIONS[path.suffix.lower()])
+    except pyvips.Error as e:
+        raise OutputError(f"cannot write {path.name}: {vips_reason(e)}") from e

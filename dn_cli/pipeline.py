@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast
 from dn_cli.errors import DeviceMemoryError, ModelError
-from dn_cli.geometry import TileGrid, check_geometry, default_margin
+from dn_cli.geometry import TileGrid, check_geometry, default_margin, fit_grid
 from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
@@ -43,7 +43,7 @@ class TileRunner:
         module, layers = convert_instance_norm(copy.deepcopy(generator.module), self.context)
         self.module = module.to(device).eval()
         self.layout = MomentLayout([layer.num_features for layer in layers])
-        self.stride = generator.stride
+        self.stride, self.min_size, self.name = generator.stride, generator.min_size, generator.name
         self.device, self.dtype = device, dtype
 
     def _forward(self, tiles: np.ndarray) -> torch.Tensor:
@@ -87,24 +87,26 @@ class TileRunner:
     def apply(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, crop: int, size: int) -> np.ndarray:
         """Translate tiles; keep the central ``size`` square after ``crop`` pixels, as uint8 RGB."""
         y = self.forward(tiles, neighbourhood)[:, :, crop : crop + size, crop : crop + size]
-        if y.shape[1] != 3:
-            raise ModelError(f"the model outputs {y.shape[1]} channels; dn writes RGB images (3)")
+        if not torch.isfinite(y).all():  # NaN would silently become black pixels
+            hint = ": try --precision fp32" if self.dtype == torch.float16 else ": its weights or this input break it"
+            raise ModelError(f"{self.name} gives NaN or infinite values{hint}")
         y = ((y.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
         return y.permute(0, 2, 3, 1).cpu().numpy()
 
     def image_moments(self, source: ImageSource, side: int) -> torch.Tensor:
         """The whole image's moments, ``(1, 2, C_total)``: those of its thumbnail, at most ``side``
         pixels (TIN's moments, and what near-constant tiles carry under DN)."""
-        thumbnail = fit_to_stride(source.thumbnail(side), self.stride)
+        thumbnail = fit_to_stride(source.thumbnail(side), self.stride, self.min_size)
         return self.collect(np.array(thumbnail[None]))  # a writable copy: thumbnails may be read-only
 
 
-def fit_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
-    """Resize a uint8 RGB image so both sides are multiples of ``stride`` (at most half a stride off)."""
-    h, w = (max(stride, round(n / stride) * stride) for n in image.shape[:2])
+def fit_to_stride(image: np.ndarray, stride: int, min_size: int = 1) -> np.ndarray:
+    """Resize a uint8 RGB image so both sides are multiples of ``stride`` (at most half a stride
+    off) and at least ``min_size``."""
+    h, w = (max(stride, min_size, round(n / stride) * stride) for n in image.shape[:2])
     if (h, w) == image.shape[:2]:
         return image
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # a copy: images may be read-only
     x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
@@ -166,6 +168,7 @@ def translate(
 
     Args:
         policy: ``dn`` dense moments, ``in`` per-tile, ``kin`` 3 × 3 mean, ``tin`` thumbnail.
+        tile_size: tile side; a tile larger than the image shrinks to fit it (``geometry.fit_grid``).
         margin: context read around each tile; None picks DESIGN.md's default for the model.
         progress: called with (tiles done, tiles total) before the first and after each applied batch.
         active: ``(rows, cols)`` booleans; inactive tiles (glass) are neither read nor run: they
@@ -180,7 +183,8 @@ def translate(
         if margin is None:
             margin = default_margin(tile_size, runner.stride)
         check_geometry(tile_size, margin, runner.stride)
-        grid = TileGrid(source.width, source.height, tile_size, margin)
+        grid = fit_grid(source.width, source.height, tile_size, margin, runner.stride, runner.min_size)
+        tile_size = grid.tile_size
         context = runner.context
         context.tile_size, context.margin = tile_size, margin
         context.weighting = "flat" if policy == "kin" else "bilinear"
@@ -242,8 +246,8 @@ def translate(
                 applied = step.tiles.stop
                 if progress is not None:
                     progress(applied, len(grid))
+        sink.close()
     except BaseException:
-        sink.abort()  # an error or Ctrl-C, even before the first tile, leaves nothing behind
+        sink.abort()  # an error or Ctrl-C, even before the first tile or while closing, leaves nothing behind
         raise
-    sink.close()
     return grid

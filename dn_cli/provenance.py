@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from dn_cli import __version__
+from dn_cli.errors import OutputError
+from dn_cli.outputs import os_reason
 
 
 def file_sha256(path: Path) -> str:
@@ -39,10 +40,18 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + ".json")
 
 
-def write_sidecar(output: Path, record: dict) -> Path:
-    """The provenance record beside the output (:func:`sidecar_path`), written atomically."""
-    sidecar = sidecar_path(output)
-    tmp = sidecar.with_name(f".{sidecar.name}.partial")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, sidecar)
-    return sidecar
+def write_sidecar(path: Path, record: dict) -> None:
+    """The provenance record as JSON in ``path`` (a temporary that becomes :func:`sidecar_path`)."""
+    try:
+        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"cannot write the provenance record {path.name}: {os_reason(e)}") from e
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """A provenance record written by :func:`write_sidecar`; None if it is not one."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -41,10 +41,18 @@ class SlideImage:
         mpp: target pixel size in µm: the nearest finer level is read and shrunk (area average).
         mpp_override: the full-resolution pixel size to assume when the file records none (or a
             wrong one).
+        allow_upsampling: accept an ``mpp`` finer than the full resolution (refused otherwise: it
+            would record a pixel size the scan does not have).
     """
 
     def __init__(
-        self, path: Path, *, level: int | None = None, mpp: float | None = None, mpp_override: float | None = None
+        self,
+        path: Path,
+        *,
+        level: int | None = None,
+        mpp: float | None = None,
+        mpp_override: float | None = None,
+        allow_upsampling: bool = False,
     ) -> None:
         try:
             self._slide = openslide.OpenSlide(str(path))
@@ -58,6 +66,11 @@ class SlideImage:
             if base_mpp is None:
                 raise InputError(
                     f"{path.name} records no pixel size: give it with --mpp-override (µm per pixel at full resolution)"
+                )
+            if mpp < base_mpp * (1 - 1e-6) and not allow_upsampling:
+                raise InputError(
+                    f"--mpp {mpp} is finer than {path.name} was scanned: its finest is {base_mpp:g} µm/px "
+                    "(upsampling invents no detail; --allow-upsampling does it anyway)"
                 )
             self.level = self._slide.get_best_level_for_downsample(mpp / base_mpp + 1e-9)
             self.scale = mpp / (base_mpp * self._slide.level_downsamples[self.level])
@@ -75,6 +88,11 @@ class SlideImage:
         bounds_w = int(props.get(openslide.PROPERTY_NAME_BOUNDS_WIDTH, full_w))
         bounds_h = int(props.get(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, full_h))
         self.width, self.height = int(bounds_w / self.downsample), int(bounds_h / self.downsample)
+        if min(self.width, self.height) < 1:
+            coarsest = f"--mpp {base_mpp * min(bounds_w, bounds_h):g}" if mpp else "a finer level"
+            raise InputError(
+                f"{path.name} would be {self.width} × {self.height} pixels at this scale: use {coarsest} at most"
+            )
         self.background = _hex_colour(props.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR))
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
 

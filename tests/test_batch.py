@@ -7,7 +7,7 @@ import pytest
 import pyvips
 from click.testing import CliRunner
 
-from dn_cli.batch import expand_inputs, output_for, parse_shard, shard
+from dn_cli.batch import expand_inputs, parse_shard, plan_jobs, shard
 from dn_cli.cli import cli
 from dn_cli.errors import DnError
 
@@ -76,13 +76,13 @@ def test_paths_from_stdin_and_dry_run(tmp_path, folder, checkpoint):
 
 def test_shards_are_disjoint_and_cover_the_inputs(tmp_path, folder):
     seen = []
-    for k in (1, 2):
+    for k in (0, 1):  # job array indices: --array=0-1
         result = run(folder, "-o", tmp_path / "out", "--shard", f"{k}/2", "--dry-run", "--json")
         seen += [json.loads(line)["input"] for line in result.stdout.splitlines()]
     assert sorted(seen) == sorted(str(p) for p in folder.iterdir())
-    assert shard(list(range(7)), 3, 3) == [2, 5]
-    assert parse_shard("2/8") == (2, 8)
-    for bad in ("0/2", "3/2", "two"):
+    assert shard(list(range(7)), 2, 3) == [2, 5]
+    assert parse_shard("0/8") == (0, 8) and parse_shard("7/8") == (7, 8)
+    for bad in ("8/8", "-1/2", "0/0", "two"):
         with pytest.raises(DnError, match="--shard"):
             parse_shard(bad)
 
@@ -101,7 +101,8 @@ def test_folder_expansion_keeps_mrxs_data_and_dicom_series_whole(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).touch()
     flat = expand_inputs([tmp_path])
-    assert [p.relative_to(tmp_path).as_posix() for p in flat] == ["x.mrxs"]
+    assert [p.relative_to(tmp_path).as_posix() for p, _ in flat] == ["x.mrxs"]
     deep = expand_inputs([tmp_path], recursive=True)
-    assert [p.relative_to(tmp_path).as_posix() for p in deep] == ["series/1.dcm", "sub/y.svs", "x.mrxs"]
-    assert output_for(tmp_path / "sub" / "y.svs", tmp_path / "out") == tmp_path / "out" / "y.tif"
+    assert [p.relative_to(tmp_path).as_posix() for p, _ in deep] == ["series/1.dcm", "sub/y.svs", "x.mrxs"]
+    jobs = plan_jobs(deep, tmp_path / "out", one_file=False)
+    assert [j.output.relative_to(tmp_path / "out").as_posix() for j in jobs] == ["series/1.tif", "sub/y.tif", "x.tif"]

@@ -30,8 +30,8 @@ CASES = [
     ),
     (
         "cyclegan-resnet",
-        lambda: ResnetGenerator(ngf=4, n_blocks=1, n_downsampling=3, output_nc=1),
-        {"n_downsampling": 3, "output_nc": 1},
+        lambda: ResnetGenerator(ngf=4, n_blocks=1, n_downsampling=3),
+        {"n_downsampling": 3, "output_nc": 3},
         64,
     ),
     (
@@ -216,7 +216,7 @@ def test_unknown_family_names_the_families_and_the_closest(tmp_path, generator):
 
 
 def test_wrong_input_channels_are_refused(tmp_path):
-    with pytest.raises(ModelError, match="expects 1 input channels; dn translates RGB images"):
+    with pytest.raises(ModelError, match="expects 1 input channel; dn translates RGB images"):
         load_generator_from(ResnetGenerator(input_nc=1, ngf=4, n_blocks=1), tmp_path)
 
 

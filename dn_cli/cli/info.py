@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from dn_cli.cli.options import debug_option, model_options
+from dn_cli.errors import InputError
 from dn_cli.geometry import default_margin
 from dn_cli.image_io import image_info
 from dn_cli.models import families, load_generator
@@ -26,6 +27,8 @@ def model_info(path: Path, arch: str | None, trust_code: bool) -> dict:
         "params": generator.params,
         "norm_layers": generator.norm_layers,
         "stride": generator.stride,
+        "min_input": generator.min_size,
+        "out_channels": generator.out_channels,
         "parameters": generator.parameter_count,
         "default_margin_at_512": default_margin(512, generator.stride),
         "notes": generator.notes,
@@ -52,6 +55,8 @@ def print_record(record: dict, as_json: bool) -> None:
 @debug_option
 def info(*, path: Path, arch: str | None, trust_code: bool, as_json: bool) -> None:
     """Describe PATH: a model (family, parameters, norm layers, stride) or an image (size, levels, µm/px)."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: dn info describes one model, slide or image file")
     if path.suffix.lower() in MODEL_SUFFIXES:
         record = model_info(path, arch, trust_code)
     elif path.exists() and is_slide(path):

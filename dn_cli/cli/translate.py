@@ -2,125 +2,31 @@
 
 from __future__ import annotations
 
-import json
+import math
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
-from dn_cli.batch import DEFAULT_PATTERNS, expand_inputs, output_for, parse_shard, shard
+from dn_cli.batch import (
+    DEFAULT_PATTERNS,
+    PICTURE_SUFFIXES,
+    Job,
+    check_jobs,
+    expand_inputs,
+    parse_shard,
+    plan_jobs,
+    shard,
+)
+from dn_cli.cli.jobs import Settings, emit, run_jobs
 from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
-from dn_cli.errors import DnError, first_line
-from dn_cli.geometry import TileGrid, check_geometry, default_margin
-from dn_cli.image_io import TIFF_COMPRESSIONS, check_output, open_sink, save_png, thumbnail_file
+from dn_cli.errors import DnError, plural
+from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
+from dn_cli.image_io import OUTPUT_SUFFIXES, TIFF_COMPRESSIONS, check_output
 from dn_cli.models import load_generator
+from dn_cli.outputs import is_busy
 from dn_cli.pipeline import POLICIES, TileRunner
-from dn_cli.pipeline import translate as run_translation
-from dn_cli.preview import side_by_side
-from dn_cli.provenance import provenance, write_sidecar
-from dn_cli.slides import SlideImage
-from dn_cli.sources import open_source
-from dn_cli.tissue import overlay, select_tiles
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything about how one slide is translated, shared by every slide of a batch."""
-
-    model_path: Path
-    family: str
-    level: int | None
-    mpp: float | None
-    mpp_override: float | None
-    policy: str
-    tile_size: int
-    margin: int
-    batch_size: int
-    compression: str
-    quality: int
-    tissue: bool | None
-    min_tissue: float
-    tissue_mask: Path | None
-    preview: Path | None
-    ome: bool
-    quiet: bool
-
-
-def translate_one(source_path: Path, output: Path, runner: TileRunner, s: Settings, label: str) -> dict:
-    """Translate one image or slide into ``output``; returns what was done, for --json."""
-    start = time.perf_counter()
-    with open_source(source_path, level=s.level, mpp=s.mpp, mpp_override=s.mpp_override) as source:
-        grid = TileGrid(source.width, source.height, s.tile_size, s.margin)
-        active = mask = None
-        if s.tissue if s.tissue is not None else isinstance(source, SlideImage):  # default: on for slides only
-            active, mask, thumbnail = select_tiles(source, grid, min_tissue=s.min_tissue)
-            if s.tissue_mask is not None:
-                save_png(overlay(thumbnail, mask, active, grid), picture_path(s.tissue_mask, source_path, "tissue"))
-        settings = {
-            "norm": s.policy,
-            "tile_size": s.tile_size,
-            "margin": s.margin,
-            "mpp": source.mpp,
-            "tissue_tiles": None if active is None else int(active.sum()),
-        }
-        record = provenance(source_path, s.model_path, s.family, settings)
-        sink = open_sink(
-            output,
-            source.width,
-            source.height,
-            mpp=source.mpp,
-            compression=s.compression,
-            quality=s.quality,
-            description=json.dumps(record),
-            ome=s.ome,
-        )
-        bars: list[tqdm] = []
-
-        def progress(done: int, total: int) -> None:
-            if not bars:  # made on the first report, when the tile count is known
-                bars.append(tqdm(total=total, unit="tile", desc=label, disable=s.quiet, leave=False))
-            bars[0].update(done - bars[0].n)
-
-        try:
-            run_translation(
-                source,
-                sink,
-                runner,
-                policy=s.policy,
-                tile_size=s.tile_size,
-                margin=s.margin,
-                batch_size=s.batch_size,
-                progress=progress,
-                active=active,
-            )
-        finally:
-            for bar in bars:
-                bar.close()
-        write_sidecar(output, record)
-        if s.preview is not None:
-            after = thumbnail_file(output, PREVIEW_SIDE)
-            before = source.thumbnail(max(after.shape[:2]))
-            save_png(side_by_side(before, after, mask), picture_path(s.preview, source_path, "preview"))
-        return {
-            "width": source.width,
-            "height": source.height,
-            "mpp": source.mpp,
-            "tiles": len(grid),
-            "tiles_skipped": 0 if active is None else int((~active).sum()),
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-
-
-PREVIEW_SIDE = 800
-
-
-def picture_path(option: Path, source: Path, kind: str) -> Path:
-    """A .png option is the picture itself; anything else is a folder for NAME_kind.png."""
-    return option if option.suffix.lower() == ".png" else option / f"{source.stem}_{kind}.png"
 
 
 def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
@@ -129,6 +35,21 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
     if any(str(p) == "-" for p in inputs):
         paths += [Path(line.strip()) for line in sys.stdin if line.strip()]
     return paths
+
+
+class PixelSize(click.ParamType):
+    """A pixel size in µm: a finite number above 0."""
+
+    name = "µm"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value} is not a pixel size: give µm per pixel, a number above 0", param, ctx)
+        return number
 
 
 @click.command()
@@ -148,13 +69,18 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
 )
 @click.option(
     "--mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PixelSize(),
     default=None,
     help="Translate at this pixel size (µm): the nearest finer level, shrunk by area averaging.",
 )
 @click.option(
+    "--allow-upsampling",
+    is_flag=True,
+    help="Accept an --mpp finer than the slide was scanned at (refused otherwise: no detail is gained).",
+)
+@click.option(
     "--mpp-override",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PixelSize(),
     default=None,
     help="Full-resolution pixel size (µm) to assume when the file records none.",
 )
@@ -166,7 +92,13 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
     show_default=True,
     help="Normalisation: dn dense, in per tile, kin 3×3 kernel, tin thumbnail.",
 )
-@click.option("--tile-size", type=click.IntRange(min=8), default=512, show_default=True, help="Tile side in pixels.")
+@click.option(
+    "--tile-size",
+    type=click.IntRange(8, MAX_TILE),
+    default=512,
+    show_default=True,
+    help="Tile side in pixels (a tile larger than the image shrinks to fit it).",
+)
 @click.option(
     "--margin",
     type=click.IntRange(min=0),
@@ -207,7 +139,7 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
 )
 @click.option(
     "--min-tissue",
-    type=click.FloatRange(0, 1),
+    type=click.FloatRange(0, 1, max_open=True),
     default=0.0,
     show_default=True,
     help="Tiles with at most this fraction of tissue are filled as glass and masked out of DN (0: no tissue).",
@@ -216,7 +148,7 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
     "--tissue-mask",
     type=click.Path(path_type=Path),
     default=None,
-    help="Save a tissue QC overlay: a .png path, or a folder for NAME_tissue.png per slide.",
+    help="Save a tissue QC overlay (turns tissue detection on): a .png path, or a folder for NAME_tissue.png.",
 )
 @click.option(
     "--preview",
@@ -235,7 +167,7 @@ def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
     "--shard",
     "shard_spec",
     default=None,
-    help="Translate only shard K of N of the sorted inputs (e.g. $SLURM_ARRAY_TASK_ID/8).",
+    help="Translate only shard K of N (K from 0) of the sorted inputs, e.g. $SLURM_ARRAY_TASK_ID/8 with --array=0-7.",
 )
 @click.option("--fail-fast", is_flag=True, help="Stop at the first slide that fails.")
 @click.option("--dry-run", is_flag=True, help="List what would be done, and do nothing.")
@@ -256,6 +188,7 @@ def translate(
     trust_code: bool,
     level: int | None,
     mpp: float | None,
+    allow_upsampling: bool,
     mpp_override: float | None,
     policy: str,
     tile_size: int,
@@ -285,50 +218,64 @@ def translate(
     """
     if level is not None and mpp is not None:
         raise click.UsageError("--level and --mpp choose the same thing: give one")
+    if tissue_mask is not None and tissue is False:
+        raise click.UsageError("--tissue-mask draws the tissue detection that --no-tissue turns off: give one")
     paths = read_inputs(inputs)
-    slides = expand_inputs(paths, recursive=recursive, patterns=patterns or DEFAULT_PATTERNS)
-    if shard_spec:
-        slides = shard(slides, *parse_shard(shard_spec))
+    if not paths:
+        raise DnError("no inputs: stdin held no paths" if "-" in map(str, inputs) else "no inputs")
     # One file in and an output with an extension: that file. Otherwise -o is a folder.
-    one_file = (
-        len(paths) == 1
-        and not paths[0].is_dir()
-        and "-" not in map(str, inputs)
-        and bool(output.suffix)
-        and not output.is_dir()
-    )
+    one_file = len(paths) == 1 and not paths[0].is_dir() and bool(output.suffix) and not output.is_dir()
     if one_file:
-        check_output(output, overwrite)
-        jobs = [(paths[0], output)]
-    else:
-        suffix = ".ome.tif" if output_format == "ome-tiff" else ".tif"
-        jobs = [(source, output_for(source, output, suffix)) for source in slides]
-    if not jobs:
-        raise DnError(f"no slides or images found in {', '.join(map(str, paths)) or 'stdin'}")
+        check_output(output)
+    elif output.suffix.lower() in OUTPUT_SUFFIXES and not output.is_dir():
+        raise DnError(f"-o {output} names one file, but the inputs are {describe(paths)}: give a folder")
+    elif output.exists() and not output.is_dir():
+        raise DnError(f"-o {output} exists and is not a folder: give a folder for the outputs")
+    for option, value in (("--preview", preview), ("--tissue-mask", tissue_mask)):
+        if value is not None and value.exists() and not value.is_dir() and value.suffix.lower() not in PICTURE_SUFFIXES:
+            raise DnError(f"{option} {value} exists and is not a folder or a .png / .jpg picture")
+    found = expand_inputs(
+        paths, recursive=recursive, patterns=patterns or DEFAULT_PATTERNS, skip=None if one_file else output
+    )
+    if not found:
+        raise DnError(f"no slides or images found in {', '.join(map(str, paths))}")
+    suffix = ".ome.tif" if output_format == "ome-tiff" else ".tif"
+    jobs = plan_jobs(found, output, one_file=one_file, suffix=suffix, preview=preview, tissue_mask=tissue_mask)
+    check_jobs(jobs)  # the whole list, so every shard of a job array refuses the same clashes
+    if shard_spec:
+        k, n = parse_shard(shard_spec)
+        jobs = shard(jobs, k, n)
+        if not jobs:
+            click.echo(f"dn: shard {k}/{n} of {plural(len(found), 'input')} is empty: nothing to do", err=True)
+            return
 
     if dry_run:
-        for source, target in jobs:
-            action = "skip (exists)" if target.exists() and not overwrite and not one_file else "translate"
+        for job in jobs:
+            action = dry_run_action(job, overwrite)
             emit(
-                {"input": str(source), "output": str(target), "action": action},
+                {"input": str(job.source), "output": str(job.output), "action": action},
                 as_json,
-                f"{action}: {source} → {target}",
+                f"{action}: {job.source} → {job.output}",
             )
         return
 
     torch_device = select_device(device)
+    dtype = autocast_dtype(precision, torch_device)
+    if dtype is not None and torch_device.type == "cpu":
+        click.echo(f"dn: warning: --precision {precision} on the CPU is many times slower than fp32", err=True)
     generator = load_generator(model_path, arch=arch, trust_code=trust_code)
     for warning in generator.warnings:
         click.echo(f"dn: warning: {warning}", err=True)
     margin = default_margin(tile_size, generator.stride) if margin is None else margin
     check_geometry(tile_size, margin, generator.stride)  # once, before any slide
-    runner = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
+    runner = TileRunner(generator, torch_device, dtype)
     settings = Settings(
         model_path=model_path,
         family=generator.family,
         level=level,
         mpp=mpp,
         mpp_override=mpp_override,
+        allow_upsampling=allow_upsampling,
         policy=policy,
         tile_size=tile_size,
         margin=margin,
@@ -337,8 +284,6 @@ def translate(
         quality=quality,
         tissue=tissue,
         min_tissue=min_tissue,
-        tissue_mask=tissue_mask,
-        preview=preview,
         ome=output_format == "ome-tiff",
         quiet=quiet,
     )
@@ -357,50 +302,16 @@ def translate(
         ctx.exit(1)
 
 
-def run_jobs(
-    jobs: list[tuple[Path, Path]],
-    runner: TileRunner,
-    settings: Settings,
-    *,
-    one_file: bool,
-    overwrite: bool,
-    fail_fast: bool,
-    as_json: bool,
-    debug: bool,
-) -> list[str]:
-    """Translate every (input, output) job; in a batch each fails alone. Returns the failed names."""
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    failed: list[str] = []
-    for number, (source, target) in enumerate(jobs, 1):
-        record = {"input": str(source), "output": str(target)}
-        label = f"[{number}/{len(jobs)}] {source.name}" if len(jobs) > 1 else source.name
-        if not one_file and target.exists() and not overwrite:
-            record["status"] = "skipped"
-        else:
-            try:
-                record |= translate_one(source, target, runner, settings, label) | {"status": "done"}
-            except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
-                if one_file or debug:
-                    raise
-                message = first_line(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {first_line(e)}"
-                click.echo(f"dn: error: {source}: {message}", err=True)
-                record |= {"status": "failed", "error": message}
-                failed.append(source.name)
-        counts[record["status"]] += 1
-        emit(record, as_json, None if settings.quiet else f"{label}: {record['status']} → {target}")
-        if failed and fail_fast:
-            break
-    if len(jobs) > 1 or failed:
-        summary = (
-            f"{len(jobs)} inputs: {counts['done']} translated, {counts['skipped']} skipped, {counts['failed']} failed"
-        )
-        click.echo(summary + (f" ({', '.join(failed)})" if failed else ""), err=True)
-    return failed
+def describe(paths: list[Path]) -> str:
+    folders = [p for p in paths if p.is_dir()]
+    return f"{plural(len(paths), 'path')}" if len(paths) > 1 or not folders else f"the folder {folders[0]}"
 
 
-def emit(record: dict, as_json: bool, text: str | None) -> None:
-    """A finished slide: a JSON line on stdout for pipelines, or a line on stderr for people."""
-    if as_json:
-        click.echo(json.dumps(record))
-    elif text:
-        click.echo(text, err=True)
+def dry_run_action(job: Job, overwrite: bool) -> str:
+    """What a real run would do with ``job``, decided as it would decide (nothing is removed)."""
+    if any(is_busy(p) for p in job.files):
+        return "skip (another dn run is writing it)"
+    if overwrite or not job.output.exists():
+        return "translate"
+    missing = [p for p in job.files if not p.exists()]
+    return f"complete ({', '.join(p.name for p in missing)})" if missing else "skip (exists)"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dn_cli.errors import ModelError, first_line
+from dn_cli.errors import ModelError, first_line, plural
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,6 +77,20 @@ class Generator:
     file_format: str = "state dict"
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # shown by ``dn translate`` on stderr
+    name: str = "the model"  # how messages name it: its file's name
+
+    @functools.cached_property
+    def _probe(self) -> tuple[int, int]:
+        return probe(self.module, self.stride)
+
+    @property
+    def min_size(self) -> int:
+        """The smallest input side the network runs on (a multiple of its stride)."""
+        return self._probe[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self._probe[1]
 
     @property
     def parameter_count(self) -> int:
@@ -149,6 +163,11 @@ def _read(path: Path, trust_code: bool) -> tuple[object, str]:
             raise ModelError(f"cannot load {path} as TorchScript: {first_line(e)}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_code), "state dict"
+    except (AttributeError, ImportError) as e:  # trusted: a pickled class that is not importable here
+        raise ModelError(
+            f"{path} pickles a whole model whose class cannot be imported here ({first_line(e)}): "
+            "in the training code, save model.state_dict() instead and load that"
+        ) from e
     except Exception as e:  # torch raises many types for foreign or truncated files
         if "Unsupported global" in str(e):
             raise ModelError(
@@ -251,10 +270,32 @@ def _probe_stride(module: nn.Module) -> int:
     return 512 // min(s for s in sizes if s > 0)
 
 
-def _check_channels(generator: Generator, source: str) -> None:
+def probe(module: nn.Module, stride: int, tries: int = 8) -> tuple[int, int]:
+    """(smallest input side, output channels) of a generator: forwards on growing square inputs.
+
+    Reflection padding needs feature maps larger than the pad, so the smallest input that runs
+    is often a few strides (8 pixels for a ResNet generator of stride 4).
+    """
+    error: Exception | None = None
+    for size in range(stride, stride * tries + 1, stride):
+        try:
+            with torch.inference_mode():
+                return size, module(torch.zeros(1, 3, size, size)).shape[1]
+        except Exception as e:  # too small for some layer, or not runnable at all
+            error = e
+    raise ModelError(f"the model does not run on inputs up to {stride * tries} pixels: {first_line(error)}")
+
+
+def _check(generator: Generator, source: str) -> None:
+    """Refuse a generator dn cannot use, before any slide is opened."""
     first = next((m for m in generator.module.modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and first.in_channels != 3:
-        raise ModelError(f"{source} expects {first.in_channels} input channels; dn translates RGB images (3)")
+        raise ModelError(f"{source} expects {plural(first.in_channels, 'input channel')}; dn translates RGB images (3)")
+    tensors = {**dict(generator.module.named_parameters()), **dict(generator.module.named_buffers())}
+    if broken := [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]:
+        raise ModelError(f"{source} has NaN or infinite weights ({_listed(broken, 2)}): the checkpoint is broken")
+    if generator.out_channels != 3:
+        raise ModelError(f"{source} outputs {plural(generator.out_channels, 'channel')}; dn writes RGB images (3)")
 
 
 def load_generator(path: Path, arch: str | None = None, trust_code: bool = False) -> Generator:
@@ -285,5 +326,6 @@ def load_generator(path: Path, arch: str | None = None, trust_code: bool = False
         generator.notes.append(f"ignored {len(running_stats)} unused InstanceNorm running statistics (PyTorch < 0.4)")
     if generator.norm_layers == 0:
         generator.warnings.append(f"{path.name} has no InstanceNorm layers: DN changes nothing")
-    _check_channels(generator, source)
+    generator.name = path.name
+    _check(generator, source)
     return generator

@@ -1,0 +1,143 @@
+"""How files appear: whole, under their final name, never over another run's file.
+
+Every file dn writes is first written to a hidden temporary beside its final name,
+``.NAME.<random>.partial<suffix>``, which this process holds an exclusive lock on while it
+lives. Publishing links the temporary to the final name, which fails if the name exists (so a
+second run can never silently replace the first one's output), or with ``overwrite`` renames it
+over the old file. A temporary whose lock is free and that predates this run was left by a
+killed run (``kill -9``, a power cut) and is removed; one whose lock is held belongs to a live run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+from dn_cli.errors import OutputError
+
+
+def os_reason(error: OSError) -> str:
+    """What went wrong with a file, in words (``no space left on device``), without the path."""
+    return (error.strerror or str(error)).lower()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+class Partial:
+    """A locked, hidden temporary file beside ``final``, to be published under that name or discarded.
+
+    Args:
+        final: the name the file is to have once complete.
+        suffix: ends the temporary's name, so writers that choose a format by suffix still can.
+    """
+
+    def __init__(self, final: Path, suffix: str | None = None) -> None:
+        self.final = final
+        suffix = final.suffix if suffix is None else suffix
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".partial{suffix}", dir=final.parent)
+        except FileExistsError:
+            raise OutputError(f"cannot write {final}: {final.parent} exists and is not a folder") from None
+        except OSError as e:
+            raise OutputError(f"cannot write in {final.parent}: {os_reason(e)}") from e
+        self.path = Path(name)
+        self._fd: int | None = fd
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: cannot be held by anyone else
+        os.fchmod(fd, 0o666 & ~_umask())  # what a plain new file would get (mkstemp makes 0600)
+
+    def __repr__(self) -> str:
+        return f"Partial({str(self.final)!r})"
+
+    def publish(self, overwrite: bool = False) -> None:
+        """Give the temporary its final name: never over an existing file unless ``overwrite``."""
+        try:
+            if overwrite:
+                os.replace(self.path, self.final)
+            else:
+                _link_new(self.path, self.final)
+                self.path.unlink(missing_ok=True)  # the final name keeps the file
+        except FileExistsError:
+            self.discard()
+            raise OutputError(
+                f"{self.final} appeared while dn was writing it (another run?): it was kept and this result dropped"
+            ) from None
+        except OSError as e:
+            self.discard()
+            raise OutputError(f"cannot write {self.final}: {os_reason(e)}") from e
+        self._release()
+
+    def discard(self) -> None:
+        """Delete the temporary unless it was published (nothing under the final name is touched)."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+
+def _link_new(source: Path, target: Path) -> None:
+    """``target`` becomes another name of ``source``, atomically, only if it does not exist."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        # A file system without hard links: check, then rename (a much smaller race than none).
+        if target.exists():
+            raise FileExistsError(target) from None
+        os.rename(source, target)
+
+
+def partials_of(final: Path) -> list[Path]:
+    """Temporaries of ``final`` that any run, live or dead, left in its folder."""
+    if not final.parent.is_dir():
+        return []
+    return sorted(final.parent.glob(f".{final.name}.*.partial*"))
+
+
+def _is_locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # gone meanwhile
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def is_busy(final: Path) -> bool:
+    """Whether a live run is writing ``final`` now."""
+    return any(_is_locked(path) for path in partials_of(final))
+
+
+def clear_stale_partials(final: Path, started: float) -> bool:
+    """Remove the temporaries of ``final`` that dead runs left (unlocked, older than ``started``, a
+    time stamp); True if a live run is writing ``final`` now."""
+    busy = False
+    for path in partials_of(final):
+        if _is_locked(path):
+            busy = True
+            continue
+        try:
+            if path.stat().st_mtime < started:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+    return busy
