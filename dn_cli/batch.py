@@ -40,10 +40,7 @@ def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
 def _in_folder(
     folder: Path, patterns: tuple[str, ...], recursive: bool, skip: set[Path], seen: set[Path]
 ) -> list[Path]:
-    real = folder.resolve()
-    if real in seen or real in skip:  # a symlink loop, a folder reached twice, or the output folder
-        return []
-    seen.add(real)
+    seen.add(folder.resolve())
     found: list[Path] = []
     entries = sorted(folder.iterdir())
     names = {e.name for e in entries}
@@ -51,7 +48,9 @@ def _in_folder(
     for entry in entries:
         if entry.is_dir():
             # An MRXS slide's data folder sits beside X.mrxs: it is part of that slide.
-            if recursive and f"{entry.name}.mrxs" not in names:
+            # Each real folder once (symlink loops), and never the output folder inside an input.
+            real = entry.resolve()
+            if recursive and f"{entry.name}.mrxs" not in names and real not in seen and real not in skip:
                 found += _in_folder(entry, patterns, recursive, skip, seen)
         elif _matches(entry, patterns) and not entry.name.startswith("."):
             # The files of a DICOM series are one slide: OpenSlide opens it from any of them.
@@ -167,6 +166,15 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_jobs(jobs: list[Job]) -> None:
     """Refuse, before any work, a run that would write one file twice or write over one of its inputs."""
+    inputs = [job.source for job in jobs]
+    for job in jobs:
+        for path in job.files:
+            for source in inputs:
+                if _same_file(path, source):
+                    raise DnError(
+                        f"{path} is an input of this run and would be written over as the {_role(job, path)} "
+                        f"of {job.source}: write to another folder"
+                    )
     writers: dict[str, tuple[Job, Path]] = {}
     for job in jobs:
         for path in job.files:
@@ -178,15 +186,6 @@ def check_jobs(jobs: list[Job]) -> None:
                     f"{_role(job, path)} of {job.source}" + _clash_hint(other, job)
                 )
             writers[key] = (job, path)
-    inputs = [job.source for job in jobs]
-    for job in jobs:
-        for path in job.files:
-            for source in inputs:
-                if _same_file(path, source):
-                    raise DnError(
-                        f"{path} is an input of this run and would be written over as the {_role(job, path)} "
-                        f"of {job.source}: write to another folder"
-                    )
 
 
 def _role(job: Job, path: Path) -> str:

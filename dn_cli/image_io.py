@@ -42,10 +42,17 @@ def open_image(path: Path) -> ArrayImage:
     if not path.is_file():
         raise InputError(f"input not found: {path}")
     try:
-        image = pyvips.Image.new_from_file(str(path), access="sequential")
-        return ArrayImage(_to_rgb8(image).numpy(), mpp=_mpp(image))
+        image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
+        return ArrayImage(_to_rgb8(image).numpy(), mpp=_mpp(image))  # a damaged file fails, never reads grey
     except pyvips.Error as e:
-        raise InputError(f"cannot read {path} as an image: {first_line(e)}") from e
+        raise InputError(f"cannot read {path}: {unreadable(e)}") from e
+
+
+def unreadable(error: pyvips.Error) -> str:
+    """Why libvips could not read a file, in words."""
+    if "unable to load from file" in str(error):
+        return "not a slide or image format dn reads (or damaged)"
+    return f"damaged or incomplete ({vips_reason(error)})"
 
 
 def _mpp(image: pyvips.Image) -> float | None:
@@ -81,7 +88,7 @@ def image_info(path: Path) -> dict:
     try:
         image = pyvips.Image.new_from_file(str(path))
     except pyvips.Error as e:
-        raise InputError(f"cannot read {path} as an image: {first_line(e)}") from e
+        raise InputError(f"cannot read {path}: {unreadable(e)}") from e
     fields = image.get_fields()
     levels = image.get("n-pages") if "n-pages" in fields else 1
     mpp = _mpp(image)

@@ -44,8 +44,10 @@ class Partial:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".partial{suffix}", dir=final.parent)
-        except FileExistsError:
-            raise OutputError(f"cannot write {final}: {final.parent} exists and is not a folder") from None
+        except (FileExistsError, NotADirectoryError):
+            raise OutputError(
+                f"cannot write {final}: a file stands where its folder {final.parent} should be"
+            ) from None
         except OSError as e:
             raise OutputError(f"cannot write in {final.parent}: {os_reason(e)}") from e
         self.path = Path(name)

@@ -92,8 +92,10 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
     todo, record = files_to_make(job, overwrite)
     if not todo:
         return {"status": "skipped", "reason": "exists"}
-    parts = {path: Partial(path) for path in todo}  # an unwritable folder fails here, before any work
+    parts: dict[Path, Partial] = {}
     try:
+        for path in todo:  # an unwritable folder fails here, before any work
+            parts[path] = Partial(path)
         with open_source(
             job.source, level=s.level, mpp=s.mpp, mpp_override=s.mpp_override, allow_upsampling=s.allow_upsampling
         ) as source:

@@ -1,0 +1,484 @@
+"""Abuse `dn` the way a new user (or a hostile afternoon) would, and write the table of what happened.
+
+    python scripts/reliability.py --out docs/reliability.md
+
+Every case runs `dn` as a real process in a fresh folder holding a real tissue photograph
+(``in.png``, 300 × 200), a tiled pyramidal slide (``slide.tif``, 512² at 0.5 µm/px) and a small
+generator (``model.pth``), plus whatever the case adds. After each run the folder is compared
+with what it held before. A case passes when: it ends within the time limit; an error is one
+line on stderr, names no "unexpected" error and shows no traceback; nothing was left half
+written (no ``.partial`` file); no file that existed before changed unless the case asked for
+``--overwrite`` of exactly that file; and the exit status and the files made are what the case
+expects. The table lists every case with its command, exit status, message and the files
+made or changed; the script exits 1 if any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyvips
+import skimage.data
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from dn_cli.models.resnet import ResnetGenerator  # noqa: E402
+
+TIMEOUT = 180
+
+
+def save(pixels: np.ndarray, path: Path, **options) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb").write_to_file(str(path), **options)
+
+
+def slide(path: Path, pixels: np.ndarray, mpp: float = 0.5) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb").tiffsave(
+        str(path), tile=True, pyramid=True, compression="jpeg", xres=1000 / mpp, yres=1000 / mpp, resunit="cm"
+    )
+
+
+def generator(**params) -> ResnetGenerator:
+    torch.manual_seed(0)
+    return ResnetGenerator(**{"ngf": 8, "n_blocks": 2, **params}).eval()
+
+
+def tissue() -> np.ndarray:
+    return skimage.data.immunohistochemistry()
+
+
+def base(folder: Path) -> None:
+    save(tissue()[:200, :300], folder / "in.png")
+    slide(folder / "slide.tif", tissue())
+    torch.save(generator().state_dict(), folder / "model.pth")
+
+
+# Extra set-ups a case can ask for: each takes the case's folder.
+def small(name: str, width: int, height: int | None = None):
+    """A crop of the tissue photograph; tall ones are the photograph stacked."""
+    stacked = np.concatenate([tissue()] * 10)
+    return lambda d: save(stacked[: height or width, :width], d / name)
+
+
+def nan_model(d: Path) -> None:
+    net = generator()
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    torch.save(net.state_dict(), d / "nan.pth")
+
+
+def one_channel_model(d: Path) -> None:
+    torch.save(generator(output_nc=1).state_dict(), d / "grey.pth")
+
+
+def main_pickle(d: Path) -> None:
+    code = (
+        "import torch\nfrom torch import nn\n"
+        "class Gen(nn.Module):\n    def __init__(s):\n        super().__init__(); s.c = nn.Conv2d(3, 3, 3, padding=1)\n"
+        "    def forward(s, x): return s.c(x)\n"
+        f"torch.save(Gen(), {str(d / 'whole.pth')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def collisions(d: Path) -> None:
+    save(tissue()[:128, :128], d / "c" / "sub1" / "x.tif")
+    save(tissue()[128:256, :128], d / "c" / "sub2" / "x.png")
+    save(tissue()[256:384, :128], d / "c" / "x.jpg")
+
+
+def same_stem(d: Path) -> None:
+    save(tissue()[:128, :128], d / "s" / "x.png")
+    save(tissue()[128:256, :128], d / "s" / "x.jpg")
+
+
+def folder_of_slides(d: Path) -> None:
+    for name in ("a", "b", "c", "d"):
+        save(tissue()[:128, :128], d / "f" / f"{name}.png")
+
+
+def self_output(d: Path) -> None:
+    save(tissue()[:128, :128], d / "same" / "a.png")
+    save(tissue()[:128, :128], d / "same" / "a.tif")
+
+
+def symlink_loop(d: Path) -> None:
+    save(tissue()[:128, :128], d / "loop" / "a.png")
+    (d / "loop" / "again").symlink_to(d / "loop")
+
+
+def corrupt_slide(d: Path) -> None:
+    (d / "bad.svs").write_bytes(b"II*\x00" + b"\x00" * 100)
+
+
+def truncated_model(d: Path) -> None:
+    (d / "cut.pth").write_bytes((d / "model.pth").read_bytes()[:500])
+
+
+def text_file(d: Path) -> None:
+    (d / "notes.txt").write_text("not an image\n")
+
+
+def truncated_png(d: Path) -> None:
+    (d / "cut.png").write_bytes((d / "in.png").read_bytes()[:2000])
+
+
+def alpha_png(d: Path) -> None:
+    rgba = np.dstack([tissue()[:100, :100], np.full((100, 100), 128, np.uint8)])
+    pyvips.Image.new_from_array(rgba, interpretation="srgb").write_to_file(str(d / "alpha.png"))
+
+
+def grey_png(d: Path) -> None:
+    pyvips.Image.new_from_array(tissue()[:100, :100, 0].copy(), interpretation="b-w").write_to_file(str(d / "grey.png"))
+
+
+def png16(d: Path) -> None:
+    image = pyvips.Image.new_from_array(tissue()[:100, :100].astype(np.uint16) * 257, interpretation="rgb16")
+    image.write_to_file(str(d / "deep.png"))
+
+
+def empty_file(name: str):
+    return lambda d: (d / name).write_bytes(b"")
+
+
+def existing_output(d: Path) -> None:
+    (d / "out.tif").write_bytes(b"precious")
+
+
+def a_file(d: Path) -> None:
+    (d / "afile").write_bytes(b"a file, not a folder")
+
+
+def stale_partial(d: Path) -> None:
+    stale = d / ".out.tif.abcd1234.partial.tif"
+    stale.write_bytes(b"left by kill -9")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+
+
+def done_without_preview(d: Path) -> None:
+    subprocess.run(dn("translate", "in.png", "-o", "out.tif", "--model", "model.pth", "-q"), cwd=d, check=True)
+
+
+def done_without_sidecar(d: Path) -> None:
+    done_without_preview(d)
+    (d / "out.tif.json").unlink()
+
+
+@dataclass
+class Case:
+    name: str
+    args: list[str]
+    ok: bool  # exit 0 expected
+    setup: list = field(default_factory=list)
+    makes: list[str] = field(default_factory=list)  # files that must exist afterwards
+    may_change: list[str] = field(default_factory=list)  # existing files it may replace (--overwrite)
+    stdin: str | None = None
+    signal_after: str | None = None  # send SIGINT / SIGTERM / SIGKILL once this file pattern appears
+    signal: int = signal.SIGINT
+    fragment: str = ""  # the message must contain it
+
+
+M = ["--model", "model.pth", "-q"]
+CASES = [
+    # Hangs
+    Case("8 × 8 PNG to a pyramidal TIFF", ["in8.png", "-o", "o.tif", *M], True, [small("in8.png", 8)], ["o.tif"]),
+    Case("16 × 16 PNG to a pyramidal TIFF", ["in16.png", "-o", "o.tif", *M], True, [small("in16.png", 16)], ["o.tif"]),
+    Case("36 × 36 PNG to a pyramidal TIFF", ["in36.png", "-o", "o.tif", *M], True, [small("in36.png", 36)], ["o.tif"]),
+    Case("slide at --mpp 64 (8 × 8 px)", ["slide.tif", "-o", "o.tif", "--mpp", "32", *M], True, [], ["o.tif"]),
+    Case("slide at --mpp 100 (2 × 2 px)", ["slide.tif", "-o", "o.tif", "--mpp", "100", *M], True, [], ["o.tif"]),
+    # Slides lost or destroyed
+    Case(
+        "same name in subfolders, --recursive",
+        ["c", "-o", "out", "--recursive", *M],
+        True,
+        [collisions],
+        ["out/sub1/x.tif", "out/sub2/x.tif", "out/x.tif"],
+    ),
+    Case("x.png and x.jpg in one folder", ["s", "-o", "out", *M], False, [same_stem], fragment="written twice"),
+    Case("--preview is the input", ["in.png", "-o", "o.tif", "--preview", "in.png", *M], False, fragment="input"),
+    Case(
+        "-o the input folder, --overwrite",
+        ["same", "-o", "same", "--overwrite", *M],
+        False,
+        [self_output],
+        fragment="input of this run",
+    ),
+    Case("-o is the input, --overwrite", ["in.png", "-o", "in.png", "--overwrite", *M], False, fragment="input"),
+    Case("--preview is -o", ["in.png", "-o", "o.png", "--preview", "o.png", *M], False, fragment="twice"),
+    Case("output exists (one file)", ["in.png", "-o", "out.tif", *M], False, [existing_output], fragment="--overwrite"),
+    Case(
+        "output exists, not dn's (batch)",
+        ["in.png", "slide.tif", "-o", "out", *M],
+        False,
+        [lambda d: (d / "out").mkdir(), lambda d: (d / "out" / "in.tif").write_bytes(b"precious")],
+        ["out/slide.tif", "out/slide.tif.json"],
+        fragment="did not write it",
+    ),
+    Case(
+        "rerun adds a preview asked for later",
+        ["in.png", "-o", "out.tif", "--preview", "p.png", *M],
+        True,
+        [done_without_preview],
+        ["p.png"],
+    ),
+    Case(
+        "rerun restores a lost provenance record",
+        ["in.png", "-o", "out.tif", *M],
+        True,
+        [done_without_sidecar],
+        ["out.tif.json"],
+    ),
+    Case("stale partial of a killed run", ["in.png", "-o", "out.tif", *M], True, [stale_partial], ["out.tif"]),
+    Case(
+        "preview folder cannot be made",
+        ["in.png", "-o", "o.tif", "--preview", "afile/p/", *M],
+        False,
+        [a_file],
+        fragment="a file stands where its folder",
+    ),
+    # Wrong results
+    Case("model with NaN weights", ["in.png", "-o", "o.tif", "--model", "nan.pth"], False, [nan_model], fragment="NaN"),
+    Case("--min-tissue 1", ["slide.tif", "-o", "o.tif", "--min-tissue", "1", *M], False, fragment="min-tissue"),
+    Case("--mpp finer than the scan", ["slide.tif", "-o", "o.tif", "--mpp", "0.25", *M], False, fragment="finer"),
+    Case(
+        "--mpp finer, --allow-upsampling",
+        ["slide.tif", "-o", "o.tif", "--mpp", "0.25", "--allow-upsampling", *M],
+        True,
+        [],
+        ["o.tif"],
+    ),
+    # Job arrays
+    Case("--shard 0/8", ["f", "-o", "out", "--shard", "0/8", *M], True, [folder_of_slides], ["out/a.tif"]),
+    Case("--shard 5/8 of 4 inputs (empty)", ["f", "-o", "out", "--shard", "5/8", *M], True, [folder_of_slides]),
+    Case("--shard 8/8", ["f", "-o", "out", "--shard", "8/8", *M], False, [folder_of_slides], fragment="from 0"),
+    Case("--shard two", ["f", "-o", "out", "--shard", "two", *M], False, [folder_of_slides], fragment="K/N"),
+    # Errors that must be one clear line
+    Case("1 × 1 image", ["in1.png", "-o", "o.png", *M], True, [small("in1.png", 1)], ["o.png"]),
+    Case("2 × 2 image", ["in2.png", "-o", "o.png", *M], True, [small("in2.png", 2)], ["o.png"]),
+    Case("10 × 5000 image", ["in10.png", "-o", "o.tif", *M], True, [small("in10.png", 10, 5000)], ["o.tif"]),
+    Case("--tile-size 100000", ["in.png", "-o", "o.tif", "--tile-size", "100000", *M], False, fragment="tile-size"),
+    Case(
+        "--tile-size 8192 on a small image", ["in.png", "-o", "o.tif", "--tile-size", "8192", *M], True, [], ["o.tif"]
+    ),
+    Case("--mpp nan", ["slide.tif", "-o", "o.tif", "--mpp", "nan", *M], False, fragment="pixel size"),
+    Case("--mpp inf", ["slide.tif", "-o", "o.tif", "--mpp", "inf", *M], False, fragment="pixel size"),
+    Case("--mpp 1000", ["slide.tif", "-o", "o.tif", "--mpp", "1000", *M], False, fragment="--mpp 256"),
+    Case("--mpp-override -1", ["slide.tif", "-o", "o.tif", "--mpp-override", "-1", *M], False),
+    Case(
+        "output folder cannot be made", ["in.png", "-o", "afile/o.tif", *M], False, [a_file], fragment="a file stands"
+    ),
+    Case("-o an existing file without extension", ["in.png", "slide.tif", "-o", "afile", *M], False, [a_file]),
+    Case(
+        "whole-model pickle from __main__",
+        ["in.png", "-o", "o.tif", "--model", "whole.pth", "--trust-model-code"],
+        False,
+        [main_pickle],
+        fragment="state_dict",
+    ),
+    Case("dn info on a folder", ["@info", "."], False, fragment="folder"),
+    Case(
+        "1-channel model", ["in.png", "-o", "o.tif", "--model", "grey.pth"], False, [one_channel_model], fragment="1 ch"
+    ),
+    Case("dn info on a 1-channel model", ["@info", "grey.pth"], False, [one_channel_model], fragment="1 channel"),
+    # Smaller surprises
+    Case("- with -o x.tif, one path", ["-", "-o", "x.tif", *M], True, [], ["x.tif"], stdin="in.png\n"),
+    Case("- with -o x.tif, two paths", ["-", "-o", "x.tif", *M], False, stdin="in.png\nslide.tif\n", fragment="folder"),
+    Case("--preview x.jpg", ["in.png", "-o", "o.tif", "--preview", "x.jpg", *M], True, [], ["x.jpg"]),
+    Case("symlink loop, --recursive", ["loop", "-o", "out", "--recursive", *M], True, [symlink_loop], ["out/a.tif"]),
+    Case("--precision fp16 on the CPU", ["in.png", "-o", "o.png", "--precision", "fp16", *M], True, [], ["o.png"]),
+    # Plain bad input
+    Case("missing input", ["nope.png", "-o", "o.tif", *M], False, fragment="not found"),
+    Case("corrupt slide", ["bad.svs", "-o", "o.tif", *M], False, [corrupt_slide]),
+    Case("text file as input", ["notes.txt", "-o", "o.tif", *M], False, [text_file], fragment="cannot read"),
+    Case("truncated PNG", ["cut.png", "-o", "o.tif", *M], False, [truncated_png]),
+    Case("empty PNG", ["empty.png", "-o", "o.tif", *M], False, [empty_file("empty.png")]),
+    Case("PNG with alpha", ["alpha.png", "-o", "o.tif", *M], True, [alpha_png], ["o.tif"]),
+    Case("greyscale PNG", ["grey.png", "-o", "o.tif", *M], True, [grey_png], ["o.tif"]),
+    Case("16-bit PNG", ["deep.png", "-o", "o.tif", *M], True, [png16], ["o.tif"]),
+    Case("missing model", ["in.png", "-o", "o.tif", "--model", "nope.pth"], False, fragment="not found"),
+    Case("truncated model", ["in.png", "-o", "o.tif", "--model", "cut.pth"], False, [truncated_model]),
+    Case("empty model file", ["in.png", "-o", "o.tif", "--model", "e.pth"], False, [empty_file("e.pth")]),
+    Case("image as model", ["in.png", "-o", "o.tif", "--model", "in.png"], False),
+    Case("bad tile size", ["in.png", "-o", "o.tif", "--tile-size", "61", *M], False, fragment="--tile-size"),
+    Case("margin too large", ["in.png", "-o", "o.tif", "--tile-size", "64", "--margin", "40", *M], False),
+    Case("--device cuda:7", ["in.png", "-o", "o.tif", "--device", "cuda:7", *M], False),
+    Case("--device tpu", ["in.png", "-o", "o.tif", "--device", "tpu", *M], False),
+    Case("--norm bn", ["in.png", "-o", "o.tif", "--norm", "bn", *M], False),
+    Case("-o o.bmp", ["in.png", "-o", "o.bmp", *M], False, fragment=".bmp"),
+    Case("--level on a PNG", ["in.png", "-o", "o.tif", "--level", "1", *M], False),
+    Case("--level 9 on a slide", ["slide.tif", "-o", "o.tif", "--level", "9", *M], False, fragment="levels"),
+    Case("--level and --mpp", ["slide.tif", "-o", "o.tif", "--level", "1", "--mpp", "1", *M], False),
+    Case("--batch-size 0", ["in.png", "-o", "o.tif", "--batch-size", "0", *M], False),
+    Case("--quality 0", ["in.png", "-o", "o.tif", "--quality", "0", *M], False),
+    Case(
+        "--tissue-mask with --no-tissue",
+        ["slide.tif", "-o", "o.tif", "--tissue-mask", "m.png", "--no-tissue", *M],
+        False,
+    ),
+    Case("empty stdin", ["-", "-o", "out", *M], False, stdin="", fragment="no inputs"),
+    Case("folder without slides", ["empty", "-o", "out", *M], False, [lambda d: (d / "empty").mkdir()]),
+    Case("a corrupt slide in a batch", ["in.png", "bad.svs", "-o", "out", *M], False, [corrupt_slide], ["out/in.tif"]),
+    # Interruptions
+    Case(
+        "Ctrl-C while translating",
+        ["slide.tif", "-o", "o.tif", "--tile-size", "64", *M],
+        False,
+        signal_after=".o.tif.*",
+        signal=signal.SIGINT,
+    ),
+    Case(
+        "kill (SIGTERM) while translating",
+        ["slide.tif", "-o", "o.tif", "--tile-size", "64", *M],
+        False,
+        signal_after=".o.tif.*",
+        signal=signal.SIGTERM,
+    ),
+    Case(
+        "failed --overwrite keeps the old output",
+        ["bad.svs", "-o", "out.tif", "--overwrite", *M],
+        False,
+        [existing_output, corrupt_slide],
+    ),
+]
+
+
+def dn(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dn_cli", *args]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def run_case(case: Case, folder: Path) -> dict:
+    base(folder)
+    for step in case.setup:
+        step(folder)
+    before = snapshot(folder)
+    argv = dn("info", *case.args[1:]) if case.args[0] == "@info" else dn("translate", *case.args)
+    start = time.monotonic()
+    process = subprocess.Popen(
+        argv, cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    hung = False
+    if case.signal_after:
+        while not list(folder.glob(case.signal_after)) and process.poll() is None and time.monotonic() - start < 60:
+            time.sleep(0.02)
+        process.send_signal(case.signal)
+    try:
+        _, stderr = process.communicate(case.stdin, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        hung = True
+    after = snapshot(folder)
+    made = sorted(set(after) - set(before))
+    changed = sorted(p for p in before if p in after and after[p] != before[p])
+    removed = sorted(set(before) - set(after))
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if not line.startswith("dn: warning:")]
+    problems = []
+    if hung:
+        problems.append("hung")
+    if (process.returncode == 0) != case.ok:
+        problems.append(f"exit {process.returncode}")
+    if "Traceback" in stderr or any("unexpected" in line for line in lines):
+        problems.append("traceback or unexpected error")
+    if not case.ok and not case.makes and len(errors) != 1:
+        problems.append(f"{len(errors)} lines on stderr")
+    if case.fragment and case.fragment not in stderr:
+        problems.append(f"message lacks {case.fragment!r}")
+    if partial := [p for p in after if ".partial" in p and p in made]:
+        problems.append(f"partial left: {partial}")
+    if bad := [p for p in changed + removed if p not in case.may_change and ".partial" not in p]:
+        problems.append(f"changed: {bad}")
+    if missing := [p for p in case.makes if p not in after]:
+        problems.append(f"not made: {missing}")
+    if not case.ok and [p for p in made if not p.endswith(".json") and p not in case.makes]:
+        problems.append(f"made despite failing: {made}")
+    return {
+        "case": case,
+        "command": " ".join(
+            ["dn", *(["info", *case.args[1:]] if case.args[0] == "@info" else ["translate", *case.args])]
+        ),
+        "exit": "hang" if hung else process.returncode,
+        "message": errors[-1] if errors else (lines[-1] if lines else ""),
+        "made": made,
+        "changed": changed + removed,
+        "seconds": time.monotonic() - start,
+        "problems": problems,
+    }
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        "| # | case | command | exit | stderr (last line) | on disk afterwards | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for number, r in enumerate(results, 1):
+        disk = ", ".join(f"+{p}" for p in r["made"]) or "nothing new"
+        if r["changed"]:
+            disk += "; changed: " + ", ".join(r["changed"])
+        verdict = "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])
+        rows.append(
+            f"| {number} | {cell(r['case'].name)} | `{cell(r['command'])}` | {r['exit']} | "
+            f"{cell(r['message'][:160]) or '–'} | {cell(disk)} | {verdict} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, help="write the table into this Markdown file's generated section")
+    parser.add_argument("--only", help="run only cases whose name contains this")
+    args = parser.parse_args()
+    cases = [c for c in CASES if not args.only or args.only in c.name]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, case in enumerate(cases, 1):
+            folder = Path(tmp) / f"case{number}"
+            folder.mkdir()
+            result = run_case(case, folder)
+            results.append(result)
+            status = "ok" if not result["problems"] else "FAIL " + "; ".join(result["problems"])
+            print(f"{number:3d} {case.name:45s} exit {result['exit']!s:4s} {result['seconds']:5.1f}s {status}")
+            print(f"      {result['message']}", flush=True)
+            shutil.rmtree(folder, ignore_errors=True)
+    text = table(results)
+    if args.out:
+        doc = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+        start, end = "<!-- reliability table: scripts/reliability.py -->", "<!-- end of table -->"
+        if start in doc and end in doc:
+            doc = doc[: doc.index(start) + len(start)] + "\n" + text + "\n" + doc[doc.index(end) :]
+        else:
+            doc += f"\n{start}\n{text}\n{end}\n"
+        args.out.write_text(doc, encoding="utf-8")
+    failed = sum(bool(r["problems"]) for r in results)
+    print(f"{len(results)} cases, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
