@@ -113,8 +113,8 @@ class PyramidTiffSink:
     Tiles arrive in raster order; each finished row of tiles becomes PNG rows (``png_stream``)
     that a writer thread feeds to pyvips, which builds every pyramid level as the rows pass and
     writes them to ``path``. Memory holds one row of tiles and a short queue, whatever the image
-    height. ``close`` completes the file; ``abort`` (or any failure) deletes it. (Giving the file
-    its final name is the caller's: see ``outputs.Partial``.)
+    height. ``close`` completes the file; ``abort`` stops the writer. (The file is the caller's:
+    ``outputs.Partial`` gives it its final name, or deletes it.)
 
     Args:
         path: the file to write.
@@ -203,7 +203,6 @@ class PyramidTiffSink:
             self._raise_failure()
 
     def _raise_failure(self) -> None:
-        self.path.unlink(missing_ok=True)
         e = self._failure
         message = vips_reason(e) if e is not None else "the writer stopped"
         raise OutputError(f"cannot write {self.path.name}: {message}") from e
@@ -225,7 +224,7 @@ class PyramidTiffSink:
             self._raise_failure()
 
     def abort(self) -> None:
-        """Stop the writer and delete the file."""
+        """Stop the writer (what it wrote stays: the file is the caller's, see ``outputs.Partial``)."""
         self._failure = self._failure or OutputError("aborted")
         while self._thread.is_alive():
             try:
@@ -235,7 +234,6 @@ class PyramidTiffSink:
                     self._chunks.get_nowait()
                 except queue.Empty:
                     pass
-        self.path.unlink(missing_ok=True)
 
 
 def vips_reason(error: BaseException) -> str:

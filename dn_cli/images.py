@@ -56,6 +56,25 @@ def read_padded(source: ImageSource, box: Box) -> np.ndarray:
     return window[np.ix_(ys - y0, xs - x0)]
 
 
+def area_shrink(pixels: np.ndarray, width: int, height: int, scale: float) -> np.ndarray:
+    """uint8 ``(height, width, 3)``: output pixel (i, j) is the exact area average of the input
+    square ``[j·scale, (j+1)·scale) × [i·scale, (i+1)·scale)`` (partly covered pixels weighted by
+    the part covered). ``pixels`` must hold at least ``ceil(width · scale)`` columns, likewise rows."""
+    out = _area_axis(_area_axis(pixels.astype(np.float64), height, scale, 0), width, scale, 1)
+    return np.rint(out).astype(np.uint8)
+
+
+def _area_axis(a: np.ndarray, size: int, scale: float, axis: int) -> np.ndarray:
+    # The integral of the piecewise-constant signal at each output edge, differenced.
+    a = np.moveaxis(a, axis, 0)
+    integral = np.concatenate([np.zeros_like(a[:1]), np.cumsum(a, axis=0)])
+    edges = np.arange(size + 1) * scale
+    whole = np.minimum(np.floor(edges).astype(int), len(a) - 1)
+    part = (edges - whole)[:, None, None]
+    at_edges = integral[whole] + part * a[whole]
+    return np.moveaxis(np.diff(at_edges, axis=0) / scale, 0, axis)
+
+
 class ArrayImage:
     """An RGB image held in memory as a ``(height, width, 3)`` uint8 array."""
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
+from dn_cli.images import area_shrink
 
 
 def is_slide(path: Path) -> bool:
@@ -121,9 +122,8 @@ class SlideImage:
             region = self._slide.read_region(origin, self.level, size)
         except openslide.OpenSlideError as e:
             raise InputError(f"cannot read {self.path.name} at {origin} (level {self.level}): {e}") from e
-        if self.scale != 1.0:
-            region = region.resize((box.width, box.height), Image.Resampling.BOX)  # area average
-        return self._opaque(np.asarray(region))
+        pixels = self._opaque(np.asarray(region))
+        return pixels if self.scale == 1.0 else area_shrink(pixels, box.width, box.height, self.scale)
 
     def _opaque(self, rgba: np.ndarray) -> np.ndarray:
         # Not premultiplied: composite onto the slide's background, never drop alpha (that turns

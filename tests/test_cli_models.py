@@ -1,5 +1,6 @@
 """``dn info``, ``dn models`` and the model options of ``dn translate``."""
 
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -58,7 +59,8 @@ def test_translate_uses_the_bundled_model_by_default(tmp_path, image):
     result = invoke("translate", image, "-o", out, "--tile-size", 64, "-q")
     assert result.exit_code == 0, result.output
     assert pyvips.Image.new_from_file(str(out)).width == 160
-    assert DEMO_MODEL.is_file()
+    record = json.loads((tmp_path / "out.png.json").read_text())
+    assert record["model_sha256"] == hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
 
 
 def test_translate_with_trusted_pickled_model_and_forced_arch(tmp_path, image, generator):

@@ -40,12 +40,15 @@ def ragged(tissue):
 
 
 @pytest.mark.parametrize("policy", ["dn", "kin"])
-def test_single_pass_equals_two_pass_oracle(runner, ragged, policy):
-    options = {"policy": policy, "tile_size": 64, "margin": 16, "batch_size": 4}
-    single = run(ragged, runner, **options)
-    oracle = run(ragged, runner, **options, two_pass_oracle=True)
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("shape", [(300, 350), (64, 448), (448, 64), (128, 128)])  # ragged, 1 × N, N × 1, 2 × 2
+def test_single_pass_equals_two_pass_oracle(runner, tissue, policy, batch_size, shape):
+    image = np.ascontiguousarray(tissue[: shape[0], : shape[1]])
+    options = {"policy": policy, "tile_size": 64, "margin": 16, "batch_size": batch_size}
+    single = run(image, runner, **options)
+    oracle = run(image, runner, **options, two_pass_oracle=True)
     np.testing.assert_array_equal(single, oracle)
-    assert single.shape == ragged.shape
+    assert single.shape == image.shape
 
 
 def test_dn_runs_the_same_on_channels_last_weights(ragged):

@@ -15,6 +15,7 @@ from dn_cli.errors import InputError
 from dn_cli.geometry import Box
 from dn_cli.image_io import PyramidTiffSink
 from dn_cli.images import ArrayImage, Canvas
+from dn_cli.outputs import Partial
 from dn_cli.pipeline import TileRunner, translate
 
 
@@ -77,17 +78,16 @@ class FailingImage(ArrayImage):
 
 @pytest.mark.parametrize("policy", ["dn", "in"])
 @pytest.mark.parametrize("error", [InputError("corrupt tile"), KeyboardInterrupt()])
-def test_a_failure_mid_way_leaves_no_file(tmp_path, tissue, generator, policy, error):
-    out = tmp_path / "o.tif"
+def test_a_failure_mid_way_stops_the_writer_and_leaves_no_file(tmp_path, tissue, generator, policy, error):
     runner = TileRunner(generator, torch.device("cpu"))
+    partial = Partial(tmp_path / "o.tif")
+    sink = PyramidTiffSink(partial.path, 512, 512)
     with pytest.raises(type(error)):
-        translate(
-            FailingImage(np.ascontiguousarray(tissue), 20, error),
-            PyramidTiffSink(out, 512, 512),
-            runner,
-            policy=policy,
-            tile_size=64,
-        )
+        try:
+            translate(FailingImage(np.ascontiguousarray(tissue), 20, error), sink, runner, policy=policy, tile_size=64)
+        finally:
+            partial.discard()  # what the job does with a failed slide's file
+    assert not sink._thread.is_alive()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -154,16 +154,16 @@ def test_ome_tiff_for_bio_formats(tmp_path, tissue_2000x3000, checkpoint):
     assert 'PhysicalSizeX="0.5"' in ome and "model_sha256" in ome
 
 
-def test_a_failure_before_the_first_tile_leaves_no_file(tmp_path, tissue, generator):
-    out = tmp_path / "o.tif"
+def test_a_failure_before_the_first_tile_stops_the_writer(tmp_path, tissue, generator):
     active = np.ones((8, 8), bool)
     active[0, 0] = False  # learning the glass colour reads first, and fails
+    sink = PyramidTiffSink(tmp_path / "o.tif", 512, 512)
     with pytest.raises(InputError):
         translate(
             FailingImage(np.ascontiguousarray(tissue), 0, InputError("unreadable")),
-            PyramidTiffSink(out, 512, 512),
+            sink,
             TileRunner(generator, torch.device("cpu")),
             tile_size=64,
             active=active,
         )
-    assert list(tmp_path.iterdir()) == []
+    assert not sink._thread.is_alive()

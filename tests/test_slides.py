@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import openslide
 import pytest
 import pyvips
 import tifffile
@@ -13,8 +14,6 @@ from dn_cli.errors import InputError
 from dn_cli.geometry import Box
 from dn_cli.slides import SlideImage
 from dn_cli.sources import open_source
-
-from .test_pyramid_output import slide_file
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,14 @@ def test_level_and_mpp_choose_the_resolution(slide):
         assert (between.level, between.width, between.height) == (1, 341, 256)
         assert between.mpp == pytest.approx(0.75)
         patch = between.read(Box(10, 10, 40, 40))
-        assert patch.shape == (40, 40, 3) and abs(patch.mean() - pixels[30:150, 30:150].mean()) < 3  # 40 × 0.75 / 0.25
+    # Independently: the file's level 1 from OpenSlide, pixels 15..75 (level-0 30..150), each output
+    # pixel the overlap-weighted mean of the 1.5 × 1.5 level-1 pixels it covers.
+    with openslide.OpenSlide(str(path)) as raw:
+        level1 = np.asarray(raw.read_region((30, 30), 1, (60, 60)))[..., :3].astype(float)
+    edges = np.arange(41) * 1.5
+    weights = np.clip(np.minimum(edges[1:, None], np.arange(1, 61)) - np.maximum(edges[:-1, None], np.arange(60)), 0, 1)
+    expected = np.einsum("yi,xj,ijc->yxc", weights, weights, level1) / 2.25
+    assert np.abs(patch - expected).max() <= 1
 
 
 def test_missing_pixel_size_suggests_the_override(tmp_path, tissue):
@@ -94,6 +100,11 @@ def test_translate_a_slide_at_a_chosen_pixel_size(tmp_path, slide, checkpoint):
     assert result.exit_code == 0, result.output
     info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).stdout)
     assert (info["kind"], info["width"], info["height"], info["mpp"]) == ("slide", 512, 384, 0.5)
+    with tifffile.TiffFile(out) as tif:  # the resolution tags themselves: 20000 pixels per cm
+        tags = tif.pages[0].tags
+        assert tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+        assert tags["XResolution"].value[0] / tags["XResolution"].value[1] == pytest.approx(20000)
+        assert tags["YResolution"].value[0] / tags["YResolution"].value[1] == pytest.approx(20000)
 
 
 def test_level_and_mpp_on_an_ordinary_image_are_refused(tmp_path, tissue, checkpoint):
@@ -101,4 +112,3 @@ def test_level_and_mpp_on_an_ordinary_image_are_refused(tmp_path, tissue, checkp
     pyvips.Image.new_from_array(np.ascontiguousarray(tissue)).write_to_file(str(png))
     result = CliRunner().invoke(cli, ["translate", str(png), "-o", str(tmp_path / "o.tif"), "--level", "1"])
     assert result.exit_code == 1 and "not a whole-slide image" in result.stderr
-    assert slide_file  # the shared fixture maker stays importable

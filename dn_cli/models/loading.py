@@ -158,6 +158,7 @@ def _read(path: Path, trust_code: bool) -> tuple[object, str]:
         try:
             with warnings.catch_warnings():  # torch.jit.load is deprecated, still the way to read these
                 warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
                 return torch.jit.load(str(path), map_location="cpu"), "TorchScript"
         except Exception as e:
             raise ModelError(f"cannot load {path} as TorchScript: {first_line(e)}") from e
