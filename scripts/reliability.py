@@ -281,6 +281,7 @@ CASES = [
     Case(
         "output folder cannot be made", ["in.png", "-o", "afile/o.tif", *M], False, [a_file], fragment="a file stands"
     ),
+    Case("output folder not writable (/sys)", ["in.png", "-o", "/sys/o.tif", *M], False, fragment="cannot write in"),
     Case("-o an existing file without extension", ["in.png", "slide.tif", "-o", "afile", *M], False, [a_file]),
     Case(
         "whole-model pickle from __main__",
@@ -368,7 +369,7 @@ def snapshot(folder: Path) -> dict[str, str]:
     return files
 
 
-def run_case(case: Case, folder: Path) -> dict:
+def run_case(case: Case, folder: Path, timeout: float = TIMEOUT) -> dict:
     base(folder)
     for step in case.setup:
         step(folder)
@@ -384,7 +385,7 @@ def run_case(case: Case, folder: Path) -> dict:
             time.sleep(0.02)
         process.send_signal(case.signal)
     try:
-        _, stderr = process.communicate(case.stdin, timeout=TIMEOUT)
+        _, stderr = process.communicate(case.stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         _, stderr = process.communicate()
@@ -453,6 +454,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="write the table into this Markdown file's generated section")
     parser.add_argument("--only", help="run only cases whose name contains this")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds before a run counts as hung")
     args = parser.parse_args()
     cases = [c for c in CASES if not args.only or args.only in c.name]
     results = []
@@ -460,7 +462,7 @@ def main() -> int:
         for number, case in enumerate(cases, 1):
             folder = Path(tmp) / f"case{number}"
             folder.mkdir()
-            result = run_case(case, folder)
+            result = run_case(case, folder, args.timeout)
             results.append(result)
             status = "ok" if not result["problems"] else "FAIL " + "; ".join(result["problems"])
             print(f"{number:3d} {case.name:45s} exit {result['exit']!s:4s} {result['seconds']:5.1f}s {status}")

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import numpy as np
 from tqdm import tqdm
 
 from dn_cli.batch import Job
 from dn_cli.errors import DnError, OutputError, first_line, plural
-from dn_cli.geometry import fit_grid
+from dn_cli.geometry import TileGrid, fit_grid
 from dn_cli.image_io import image_description, open_sink, save_picture, thumbnail_file
+from dn_cli.images import ImageSource
 from dn_cli.outputs import Partial, clear_stale_partials
 from dn_cli.pipeline import TileRunner
 from dn_cli.pipeline import translate as run_translation
@@ -118,7 +120,7 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                     "tissue_tiles": None if active is None else int(active.sum()),
                 }
                 record = provenance(job.source, s.model_path, s.family, settings)
-                translate_into(parts[job.output].path, job, source, runner, s, record, grid, active, label)
+                translate_into(parts[job.output].path, job.output.name, source, runner, s, record, grid, active, label)
             if job.sidecar in parts:
                 write_sidecar(parts[job.sidecar].path, record)
             if job.preview in parts:
@@ -143,8 +145,18 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
     }
 
 
-def translate_into(path, job, source, runner, s: Settings, record, grid, active, label) -> None:
-    """Run the translation of ``source`` into the file ``path``, with a progress bar."""
+def translate_into(
+    path: Path,
+    name: str,
+    source: ImageSource,
+    runner: TileRunner,
+    s: Settings,
+    record: dict,
+    grid: TileGrid,
+    active: np.ndarray | None,
+    label: str,
+) -> None:
+    """Translate ``source`` into the file ``path`` (the output ``name``'s temporary), with a progress bar."""
     sink = open_sink(
         path,
         source.width,
@@ -154,7 +166,7 @@ def translate_into(path, job, source, runner, s: Settings, record, grid, active,
         quality=s.quality,
         description=json.dumps(record),
         ome=s.ome,
-        name=job.output.name,
+        name=name,
     )
     bars: list[tqdm] = []
 

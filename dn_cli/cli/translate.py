@@ -132,7 +132,7 @@ class PixelSize(click.ParamType):
     type=click.Choice(["tiff", "ome-tiff"]),
     default="tiff",
     show_default=True,
-    help="TIFF flavour: tiff (OpenSlide, tifffile, QuPath) or ome-tiff (OME-XML and SubIFDs, for Bio-Formats).",
+    help="TIFF flavour: tiff (OpenSlide, tifffile) or ome-tiff (OME-XML and SubIFDs, the layout Bio-Formats reads).",
 )
 @click.option(
     "--quality", type=click.IntRange(1, 100), default=85, show_default=True, help="JPEG / WebP quality of TIFF outputs."
@@ -251,7 +251,7 @@ def translate(
 
     if dry_run:
         for job in jobs:
-            action = dry_run_action(job, overwrite)
+            action = dry_run_action(job, overwrite, one_file)
             emit(
                 {"input": str(job.source), "output": str(job.output), "action": action},
                 as_json,
@@ -307,11 +307,12 @@ def describe(paths: list[Path]) -> str:
     return f"{plural(len(paths), 'path')}" if len(paths) > 1 or not folders else f"the folder {folders[0]}"
 
 
-def dry_run_action(job: Job, overwrite: bool) -> str:
+def dry_run_action(job: Job, overwrite: bool, one_file: bool) -> str:
     """What a real run would do with ``job``, decided as it would decide (nothing is removed)."""
     if any(is_busy(p) for p in job.files):
-        return "skip (another dn run is writing it)"
+        return "refuse (another dn run is writing it)" if one_file else "skip (another dn run is writing it)"
     if overwrite or not job.output.exists():
         return "translate"
-    missing = [p for p in job.files if not p.exists()]
-    return f"complete ({', '.join(p.name for p in missing)})" if missing else "skip (exists)"
+    if missing := [p for p in job.files if not p.exists()]:
+        return f"complete ({', '.join(p.name for p in missing)})"
+    return "refuse (exists; --overwrite replaces it)" if one_file else "skip (exists)"
