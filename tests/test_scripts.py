@@ -74,3 +74,14 @@ def test_scaling_bench_measures_each_size_and_draws_the_chart(tmp_path):
             assert run["exit"] == 0 and run["seconds"] > 0 and run["peak_rss_mb"] > 0
     svg = ElementTree.parse(chart).getroot()
     assert svg.tag.endswith("svg") and len(svg.findall("{http://www.w3.org/2000/svg}circle")) == 2 * 2 * 2
+
+
+def test_reliability_runs_cases_and_writes_the_table(tmp_path):
+    doc = tmp_path / "reliability.md"
+    doc.write_text("intro\n<!-- reliability table: scripts/reliability.py -->\nstale table\n<!-- end of table -->\nafter\n")
+    done = run_script("reliability.py", "--only", "preview is the input", "--out", str(doc))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("1 cases, 0 failed")
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "stale table" not in text
+    assert "| 1 | --preview is the input | `dn translate in.png -o o.tif --preview in.png" in text
