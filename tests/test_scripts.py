@@ -78,7 +78,8 @@ def test_scaling_bench_measures_each_size_and_draws_the_chart(tmp_path):
 
 def test_reliability_runs_cases_and_writes_the_table(tmp_path):
     doc = tmp_path / "reliability.md"
-    doc.write_text("intro\n<!-- reliability table: scripts/reliability.py -->\nstale table\n<!-- end of table -->\nafter\n")
+    marks = "<!-- reliability table: scripts/reliability.py -->\nstale table\n<!-- end of table -->"
+    doc.write_text(f"intro\n{marks}\nafter\n")
     done = run_script("reliability.py", "--only", "preview is the input", "--out", str(doc))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith("1 cases, 0 failed")
