@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -43,7 +45,7 @@ class Partial:
         suffix = final.suffix if suffix is None else suffix
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".partial{suffix}", dir=final.parent)
+            fd, name = tempfile.mkstemp(prefix=_prefix(final), suffix=f".partial{suffix}", dir=final.parent)
         except (FileExistsError, NotADirectoryError):
             raise OutputError(
                 f"cannot write {final}: a file stands where its folder {final.parent} should be"
@@ -103,11 +105,18 @@ def _link_new(source: Path, target: Path) -> None:
         os.rename(source, target)
 
 
+def _prefix(final: Path) -> str:
+    name = final.name
+    if len(name.encode()) > 200:  # near the file system's limit (255 bytes): cut, kept unique by a hash
+        name = f"{name[:100]}~{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return f".{name}."
+
+
 def partials_of(final: Path) -> list[Path]:
     """Temporaries of ``final`` that any run, live or dead, left in its folder."""
     if not final.parent.is_dir():
         return []
-    return sorted(final.parent.glob(f".{final.name}.*.partial*"))
+    return sorted(final.parent.glob(f"{glob.escape(_prefix(final))}*.partial*"))
 
 
 def _is_locked(path: Path) -> bool:

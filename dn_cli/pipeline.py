@@ -54,11 +54,14 @@ class TileRunner:
             x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1
             with torch.inference_mode(), autocast(self.device, self.dtype):
                 return self.module(x)
-        except torch.cuda.OutOfMemoryError as e:  # the same class as torch.OutOfMemoryError (torch ≥ 2.5)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # OutOfMemoryError: torch.OutOfMemoryError too
+            if not isinstance(e, torch.cuda.OutOfMemoryError) and "can't allocate memory" not in str(e):
+                raise  # the CPU allocator says it in a plain RuntimeError
             batch, size = tiles.shape[0], tiles.shape[1]
+            fp16 = "" if self.dtype or self.device.type == "cpu" else ", or use --precision fp16"
             raise DeviceMemoryError(
                 f"out of {self.device} memory for {batch} tiles of {size}² pixels at once: "
-                "lower --batch-size or --tile-size" + ("" if self.dtype else ", or use --precision fp16")
+                f"lower --batch-size or --tile-size{fp16}"
             ) from e
 
     def collect(self, tiles: np.ndarray) -> torch.Tensor:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from dn_cli.cli import cli
-from dn_cli.errors import ModelError, OutputError
+from dn_cli.errors import DeviceMemoryError, ModelError, OutputError
 from dn_cli.geometry import Box
 from dn_cli.image_io import PyramidTiffSink
 from dn_cli.models import Generator
@@ -460,3 +460,31 @@ def test_the_final_name_appears_only_when_complete_and_a_failed_overwrite_keeps_
     png(tmp_path / "in.png", bright)
     assert dn("translate", source, "-o", out, *args, "--overwrite").exit_code == 1
     assert out.read_bytes() == old and partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("stem", ["slide[1] (copy)", "a" * 240])
+def test_awkward_and_long_names_get_temporaries_of_their_own(tmp_path, image, checkpoint, stem):
+    out = tmp_path / f"{stem}.tif"
+    assert dn("translate", image, "-o", out, "--model", checkpoint, "-q").exit_code == 0
+    other = Partial(tmp_path / "slide1 (copy).tif")  # a live run on a name the glob pattern would match
+    try:
+        assert clear_stale_partials(out, started=0) is False
+    finally:
+        other.discard()
+    assert out.is_file()
+
+
+def test_running_out_of_memory_names_the_options(tissue):
+    class Greedy(nn.Module):
+        def forward(self, x):
+            if x.shape[-1] < 64:  # runs when dn probes it at load
+                return x
+            return torch.empty(2**45, device=x.device)  # more than any machine has
+
+    runner = TileRunner(Generator(Greedy(), "x", {}, 1, name="greedy.pth"), CPU)
+    with pytest.raises(DeviceMemoryError, match="out of cpu memory for 1 tiles of 64² pixels.*--batch-size"):
+        runner.forward(np.ascontiguousarray(tissue[None, :64, :64]), None)
+
+
+def test_a_folder_as_model(tmp_path, image):
+    one_error_line(dn("translate", image, "-o", tmp_path / "o.tif", "--model", tmp_path), "is a folder")

@@ -152,6 +152,8 @@ def _is_state_dict(obj) -> bool:
 
 def _read(path: Path, trust_code: bool) -> tuple[object, str]:
     """The object in ``path`` and a description of its format."""
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder, not a model file")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     if _is_torchscript(path):
