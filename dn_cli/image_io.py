@@ -122,7 +122,8 @@ class PyramidTiffSink:
         mpp: pixel size in µm, recorded as resolution in pixels per cm (None: not recorded).
         compression: one of ``TIFF_COMPRESSIONS``; ``quality`` applies to jpeg and webp.
         description: stored as the TIFF ImageDescription (provenance).
-        ome: OME-TIFF (pyramid in SubIFDs, OME-XML); ``name`` is the image's name in it.
+        ome: OME-TIFF (pyramid in SubIFDs, OME-XML).
+        name: the output's name, for OME-XML and messages (default: the file's).
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class PyramidTiffSink:
         name: str | None = None,
     ) -> None:
         self.path, self.width, self.height = path, width, height
+        self.name = name or path.name
         self._stream = PngStream(width, height)
         self._band: np.ndarray | None = None  # the row of tiles being filled
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
@@ -159,7 +161,7 @@ class PyramidTiffSink:
             options.update(xres=1000 / mpp, yres=1000 / mpp, resunit="cm")  # libvips takes pixels per mm
         if ome:  # pyramid levels as SubIFDs of the full-resolution image, described by OME-XML
             options["subifd"] = True
-            description = ome_xml(name or path.name, width, height, mpp, description)
+            description = ome_xml(self.name, width, height, mpp, description)
         self._chunks.put(self._stream.header())
         self._thread = threading.Thread(target=self._save, args=(options, description), daemon=True)
         self._thread.start()
@@ -205,7 +207,7 @@ class PyramidTiffSink:
     def _raise_failure(self) -> None:
         e = self._failure
         message = vips_reason(e) if e is not None else "the writer stopped"
-        raise OutputError(f"cannot write {self.path.name}: {message}") from e
+        raise OutputError(f"cannot write {self.name}: {message}") from e
 
     def write(self, box: Box, pixels: np.ndarray) -> None:
         if self._band is None:

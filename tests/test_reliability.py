@@ -488,3 +488,21 @@ def test_running_out_of_memory_names_the_options(tissue):
 
 def test_a_folder_as_model(tmp_path, image):
     one_error_line(dn("translate", image, "-o", tmp_path / "o.tif", "--model", tmp_path), "is a folder")
+
+
+def test_a_write_failing_for_lack_of_room_is_named_and_leaves_nothing(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    sample = Path(__file__).resolve().parents[1] / "examples" / "sample_ihc.tif"
+    done = subprocess.run(
+        [sys.executable, "-m", "dn_cli", "translate", str(sample), "-o", str(tmp_path / "o.tif"), "-q"],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)),  # like a disk filling up
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["dn: error: cannot write o.tif: file too large"]
+    assert list(tmp_path.iterdir()) == []
