@@ -122,8 +122,10 @@ def partials_of(final: Path) -> list[Path]:
 def _is_locked(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except FileNotFoundError:
         return False  # gone meanwhile
+    except OSError:
+        return True  # another user's, say: not provably dead, so not ours to remove
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
@@ -149,6 +151,6 @@ def clear_stale_partials(final: Path, started: float) -> bool:
         try:
             if path.stat().st_mtime < started:
                 path.unlink()
-        except FileNotFoundError:
-            pass
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
     return busy

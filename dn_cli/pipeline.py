@@ -47,7 +47,7 @@ class TileRunner:
         self.device, self.dtype = device, dtype
 
     def _forward(self, tiles: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(tiles)
+        x = torch.from_numpy(np.require(tiles, requirements=["C", "W"]))  # slide reads may be read-only views
         if self.device.type == "cuda":
             x = x.pin_memory()
         try:
