@@ -31,6 +31,10 @@ class Neighbourhood:
     valid: torch.Tensor
     complete: bool
 
+    def slice(self, items: slice) -> Neighbourhood:
+        """The neighbourhoods of some batch items only."""
+        return Neighbourhood([m[items] for m in self.moments], self.valid[items], self.complete)
+
 
 @dataclass
 class NormContext:

@@ -51,6 +51,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtype
 
 
+def exact_fp32(device: torch.device, dtype: torch.dtype | None) -> None:
+    """On CUDA, fp32 means fp32: cuDNN's default TF32 convolutions (10-bit mantissas) are turned off,
+    so a GPU gives the CPU's results; reduced precision leaves the defaults alone."""
+    if device.type == "cuda" and dtype is None:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Autocast context for the model's forward (DN statistics opt out, see dense_norm)."""
     if dtype is None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
-from dn_cli.device import autocast
+from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError
 from dn_cli.geometry import TileGrid, check_geometry, default_margin, fit_grid
 from dn_cli.images import ImageSource, Sink, read_padded
@@ -45,35 +45,58 @@ class TileRunner:
         self.layout = MomentLayout([layer.num_features for layer in layers])
         self.stride, self.min_size, self.name = generator.stride, generator.min_size, generator.name
         self.device, self.dtype = device, dtype
+        exact_fp32(device, dtype)
+        self.max_batch = 1 << 30  # lowered when a batch turns out too big for the device
 
     def _forward(self, tiles: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.require(tiles, requirements=["C", "W"]))  # slide reads may be read-only views
         if self.device.type == "cuda":
             x = x.pin_memory()
-        try:
-            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1
-            with torch.inference_mode(), autocast(self.device, self.dtype):
-                return self.module(x)
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # OutOfMemoryError: torch.OutOfMemoryError too
-            if not isinstance(e, torch.cuda.OutOfMemoryError) and "can't allocate memory" not in str(e):
-                raise  # the CPU allocator says it in a plain RuntimeError
-            batch, size = tiles.shape[0], tiles.shape[1]
-            fp16 = "" if self.dtype or self.device.type == "cpu" else ", or use --precision fp16"
-            raise DeviceMemoryError(
-                f"out of {self.device} memory for {batch} tiles of {size}² pixels at once: "
-                f"lower --batch-size or --tile-size{fp16}"
-            ) from e
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            return self.module(x)
+
+    def _run(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output, packed moments when recording) of a batch, in forwards of at most ``max_batch``
+        tiles: a batch too big for the device's memory or a kernel's index range is split in
+        halves until it fits, and later batches start at the size that fit."""
+        outputs, moments = [], []
+        start = 0
+        while start < len(tiles):
+            part = slice(start, start + self.max_batch)
+            self.context.neighbourhood = None if neighbourhood is None else neighbourhood.slice(part)
+            self.context.recorded.clear()
+            try:
+                outputs.append(self._forward(tiles[part]))
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # OutOfMemoryError: torch.OutOfMemoryError too
+                if not too_big(e):
+                    raise
+                size = len(tiles[part])
+                if size == 1:
+                    fp16 = "" if self.dtype or self.device.type == "cpu" else ", or use --precision fp16"
+                    raise DeviceMemoryError(
+                        f"one tile of {tiles.shape[1]}² pixels does not fit in {self.device} memory at once: "
+                        f"lower --tile-size{fp16}"
+                    ) from e
+                self.max_batch = size // 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            if self.context.record:
+                moments.append(self.layout.pack(self.context.recorded))
+            start = part.stop
+        self.context.neighbourhood = None
+        self.context.recorded.clear()
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return output, (None if not moments else moments[0] if len(moments) == 1 else torch.cat(moments))
 
     def collect(self, tiles: np.ndarray) -> torch.Tensor:
         """Per-tile moments of every norm layer, ``(B, 2, C_total)``, under patch-wise IN."""
         self.context.mode, self.context.record = "plain", True
-        self.context.recorded.clear()
         try:
-            self._forward(tiles)
-            return self.layout.pack(self.context.recorded)
+            return self._run(tiles, None)[1]
         finally:
             self.context.record = False
-            self.context.recorded.clear()
 
     def forward(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None) -> torch.Tensor:
         """The model's output in [-1, 1] for whole padded tiles.
@@ -81,11 +104,7 @@ class TileRunner:
         With ``neighbourhood`` None each tile is normalised with its own moments (plain IN).
         """
         self.context.mode = "plain" if neighbourhood is None else "dense"
-        self.context.neighbourhood = neighbourhood
-        try:
-            return self._forward(tiles)
-        finally:
-            self.context.neighbourhood = None
+        return self._run(tiles, neighbourhood)[0]
 
     def apply(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, crop: int, size: int) -> np.ndarray:
         """Translate tiles; keep the central ``size`` square after ``crop`` pixels, as uint8 RGB."""
@@ -101,6 +120,15 @@ class TileRunner:
         pixels (TIN's moments, and what near-constant tiles carry under DN)."""
         thumbnail = fit_to_stride(source.thumbnail(side), self.stride, self.min_size)
         return self.collect(np.array(thumbnail[None]))  # a writable copy: thumbnails may be read-only
+
+
+def too_big(error: BaseException) -> bool:
+    """Whether a forward failed only for its size: out of device or host memory, or past a kernel's
+    32-bit index range (the message torch gives for each)."""
+    text = str(error)
+    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
+        phrase in text for phrase in ("can't allocate memory", "32-bit index math", "out of memory")
+    )
 
 
 def fit_to_stride(image: np.ndarray, stride: int, min_size: int = 1) -> np.ndarray:

@@ -45,14 +45,15 @@ def test_recorded_moments_are_float32_under_fp16(tissue):
     assert packed.dtype == torch.float32 and packed.device.type == "cuda"
 
 
-def test_running_out_of_gpu_memory_names_the_options_to_lower(tissue):
+def test_a_batch_too_big_for_gpu_memory_is_split_and_a_tile_too_big_names_the_tile_size():
     runner = TileRunner(make_generator(ngf=64), torch.device("cuda"))
-    tiles = np.zeros((8, 512, 512, 3), np.uint8)  # 8 × 64 × 512² float32 maps: 537 MB per layer
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(256 * 2**20 / torch.cuda.get_device_properties(0).total_memory)
+    torch.cuda.set_per_process_memory_fraction(512 * 2**20 / torch.cuda.get_device_properties(0).total_memory)
     try:
-        with pytest.raises(DeviceMemoryError, match="8 tiles of 512² pixels at once: lower --batch-size"):
-            runner.forward(tiles, None)
+        out = runner.forward(np.zeros((8, 512, 512, 3), np.uint8), None)  # 8 × 64 × 512² float32: 537 MB a layer
+        assert out.shape[0] == 8 and runner.max_batch < 8
+        with pytest.raises(DeviceMemoryError, match="one tile of 2048² pixels does not fit.*--tile-size"):
+            runner.forward(np.zeros((1, 2048, 2048, 3), np.uint8), None)  # 1 GB a layer
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()

@@ -213,3 +213,44 @@ def test_flat_tiles_carry_the_image_moments_no_halos_and_uniform_glass(demo_gene
     paper_halo, paper_glass_std, paper_corner_spread = measure()
     assert halo < 0.7 * paper_halo and glass_std < 0.6 * paper_glass_std
     assert corner_spread < 0.2 < paper_corner_spread  # glass far from tissue: one shade
+
+
+class IndexLimited(nn.Module):
+    """A real generator behind a kernel that refuses batches above 2, as CUDA kernels refuse
+    tensors past 32-bit indexing."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        if x.shape[0] > 2:
+            raise RuntimeError("input tensor must fit into 32-bit index math")
+        return self.net(x)
+
+
+@pytest.mark.parametrize("policy", ["dn", "in"])
+def test_a_batch_too_big_for_a_kernel_is_split_and_gives_the_same_result(ragged, policy):
+    from dn_cli.models import Generator
+
+    limited = TileRunner(Generator(IndexLimited(make_generator().module), "x", {}, 4), CPU)
+    options = {"policy": policy, "tile_size": 64, "margin": 16, "batch_size": 5}
+    split = run(ragged, limited, **options).astype(int)
+    whole = run(ragged, TileRunner(make_generator(), CPU), **options)
+    diff = np.abs(split - whole)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4  # float rounding of other batch shapes only
+    assert limited.max_batch == 2  # learnt once, kept for the following batches
+
+
+def test_fp32_on_cuda_turns_tf32_off():
+    from dn_cli.device import exact_fp32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        exact_fp32(torch.device("cuda"), torch.float16)  # reduced precision: the defaults stay
+        assert torch.backends.cudnn.allow_tf32
+        exact_fp32(torch.device("cuda"), None)  # the flags are set without a GPU present
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -474,7 +474,7 @@ def test_awkward_and_long_names_get_temporaries_of_their_own(tmp_path, image, ch
     assert out.is_file()
 
 
-def test_running_out_of_memory_names_the_options(tissue):
+def test_running_out_of_memory_for_one_tile_names_the_tile_size(tissue):
     class Greedy(nn.Module):
         def forward(self, x):
             if x.shape[-1] < 64:  # runs when dn probes it at load
@@ -482,7 +482,7 @@ def test_running_out_of_memory_names_the_options(tissue):
             return torch.empty(2**45, device=x.device)  # more than any machine has
 
     runner = TileRunner(Generator(Greedy(), "x", {}, 1, name="greedy.pth"), CPU)
-    with pytest.raises(DeviceMemoryError, match="out of cpu memory for 1 tiles of 64² pixels.*--batch-size"):
+    with pytest.raises(DeviceMemoryError, match="one tile of 64² pixels does not fit in cpu memory.*--tile-size"):
         runner.forward(np.ascontiguousarray(tissue[None, :64, :64]), None)
 
 
