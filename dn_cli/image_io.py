@@ -17,7 +17,7 @@ import pyvips
 from dn_cli.errors import InputError, OutputError, first_line
 from dn_cli.geometry import Box
 from dn_cli.images import ArrayImage, Canvas
-from dn_cli.png_stream import PngStream
+from dn_cli.strip_tiff import strip_tiff_header
 
 SAVE_OPTIONS = {".png": {"compression": 6}, ".jpg": {"Q": 90}, ".jpeg": {"Q": 90}}
 PYRAMID_SUFFIXES = (".tif", ".tiff")
@@ -110,11 +110,11 @@ TIFF_COMPRESSIONS = ("jpeg", "deflate", "lzw", "webp", "none")
 class PyramidTiffSink:
     """Streams output tiles into a pyramidal tiled TIFF while the image is being translated.
 
-    Tiles arrive in raster order; each finished row of tiles becomes PNG rows (``png_stream``)
-    that a writer thread feeds to pyvips, which builds every pyramid level as the rows pass and
-    writes them to ``path``. Memory holds one row of tiles and a short queue, whatever the image
-    height. ``close`` completes the file; ``abort`` stops the writer. (The file is the caller's:
-    ``outputs.Partial`` gives it its final name, or deletes it.)
+    Tiles arrive in raster order; each finished row of tiles goes, as it is, to a writer thread
+    where libvips reads it as the next rows of an uncompressed TIFF (``strip_tiff``) and builds
+    every pyramid level as the rows pass, writing them to ``path``. Memory holds a row of tiles
+    and a short queue, whatever the image height. ``close`` completes the file; ``abort`` stops
+    the writer. (The file is the caller's: ``outputs.Partial`` gives it its final name, or deletes it.)
 
     Args:
         path: the file to write.
@@ -141,11 +141,14 @@ class PyramidTiffSink:
     ) -> None:
         self.path, self.width, self.height = path, width, height
         self.name = name or path.name
-        self._stream = PngStream(width, height)
         self._band: np.ndarray | None = None  # the row of tiles being filled
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
-        self._pending, self._offset = memoryview(b""), 0  # the chunk libvips is reading, and how far
-        self._ended = False  # the stream's end was handed to libvips
+        self._bands: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2)
+        # The stream libvips reads: the header, then the bands' bytes as they arrive.
+        self._header = memoryview(strip_tiff_header(width, height))
+        self._size = len(self._header) + width * height * 3
+        self._position = 0
+        self._current, self._current_start = memoryview(b""), len(self._header)  # the band being read
+        self._ended = False  # the end marker was taken from the queue
         self._failure: BaseException | None = None
         options = {
             "tile": True,
@@ -162,30 +165,47 @@ class PyramidTiffSink:
         if ome:  # pyramid levels as SubIFDs of the full-resolution image, described by OME-XML
             options["subifd"] = True
             description = ome_xml(self.name, width, height, mpp, description)
-        self._chunks.put(self._stream.header())
         self._thread = threading.Thread(target=self._save, args=(options, description), daemon=True)
         self._thread.start()
 
-    def _read(self, size: int) -> bytes:
-        # Called by libvips (on its own thread) whenever it wants more of the PNG stream, 4 kB at
-        # a time: a view into the current chunk, so each call copies only what it returns. libvips
-        # may ask again after the end (small images): the end is answered as often as asked.
-        while self._offset == len(self._pending):
-            if self._ended:
-                return b""
-            chunk = self._chunks.get()
-            if chunk is None:
+    def _read(self, size: int) -> bytes | memoryview:
+        # Called by libvips (on its own thread) for the next ``size`` bytes of the stream: a strip
+        # of rows at a time, served as views of the bands (copied only across a band's end). Past
+        # the end, and after an abort, it answers the end, as often as asked.
+        pieces = []
+        while size > 0 and self._position < self._size:
+            piece = self._view(self._position, size)
+            if not len(piece):
+                break
+            pieces.append(piece)
+            self._position += len(piece)
+            size -= len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _view(self, position: int, size: int) -> memoryview:
+        if position < len(self._header):
+            return self._header[position : position + size]
+        while position >= self._current_start + len(self._current):
+            band = None if self._ended else self._bands.get()
+            if band is None:
                 self._ended = True
-                return b""
-            self._pending, self._offset = memoryview(chunk), 0
-        data = self._pending[self._offset : self._offset + size]
-        self._offset += len(data)
-        return data
+                return memoryview(b"")
+            self._current_start += len(self._current)
+            self._current = memoryview(band).cast("B")
+        if position < self._current_start:
+            raise OutputError("libvips read back past a row it had read")  # never: tiffload reads in order
+        start = position - self._current_start
+        return self._current[start : start + size]
+
+    def _seek(self, offset: int, whence: int) -> int:
+        self._position = {0: 0, 1: self._position, 2: self._size}[whence] + offset
+        return self._position
 
     def _save(self, options: dict, description: str) -> None:
         try:
             source = pyvips.SourceCustom()
             source.on_read(self._read)
+            source.on_seek(self._seek)
             image = pyvips.Image.new_from_source(source, "", access="sequential")
             if description:
                 image = image.copy()
@@ -194,10 +214,10 @@ class PyramidTiffSink:
         except BaseException as e:  # reported to the translating thread by _put / close
             self._failure = e
 
-    def _put(self, data: bytes | None) -> None:
+    def _put(self, data: np.ndarray | None) -> None:
         while self._thread.is_alive():
             try:
-                self._chunks.put(data, timeout=0.5)
+                self._bands.put(data, timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -214,7 +234,7 @@ class PyramidTiffSink:
             self._band = np.empty((box.height, self.width, 3), np.uint8)
         self._band[:, box.x : box.x + box.width] = pixels
         if box.x + box.width == self.width:  # the row of tiles is complete
-            self._put(self._stream.rows(self._band))
+            self._put(self._band)
             self._band = None
 
     def close(self) -> None:
@@ -230,10 +250,10 @@ class PyramidTiffSink:
         self._failure = self._failure or OutputError("aborted")
         while self._thread.is_alive():
             try:
-                self._chunks.put(None, timeout=0.1)  # ends the stream: libvips fails on the short image
+                self._bands.put(None, timeout=0.1)  # ends the stream: libvips fails on the short image
             except queue.Full:
                 try:
-                    self._chunks.get_nowait()
+                    self._bands.get_nowait()
                 except queue.Empty:
                     pass
 
