@@ -52,13 +52,14 @@ def test_slide_comes_out_the_same_size_with_levels_and_pixel_size(tmp_path, tiss
     assert sorted(p.name for p in out.parent.iterdir()) == ["slide_dn.tif", "slide_dn.tif.json"]
 
 
-def test_lossless_pyramid_holds_exactly_the_translation(tmp_path, tissue, generator):
+@pytest.mark.parametrize("tile_size", [64, 60])  # rows of tiles a multiple of the 16-row strips, and not
+def test_lossless_pyramid_holds_exactly_the_translation(tmp_path, tissue, generator, tile_size):
     image = np.ascontiguousarray(tissue[:300, :350])
     runner = TileRunner(generator, torch.device("cpu"))
     canvas = Canvas(350, 300)
-    translate(ArrayImage(image), canvas, runner, tile_size=64)
+    translate(ArrayImage(image), canvas, runner, tile_size=tile_size)
     out = tmp_path / "o.tif"
-    translate(ArrayImage(image), PyramidTiffSink(out, 350, 300, compression="deflate"), runner, tile_size=64)
+    translate(ArrayImage(image), PyramidTiffSink(out, 350, 300, compression="deflate"), runner, tile_size=tile_size)
     np.testing.assert_array_equal(pyvips.Image.new_from_file(str(out)).numpy(), canvas.pixels)
 
 
@@ -167,3 +168,15 @@ def test_a_failure_before_the_first_tile_stops_the_writer(tmp_path, tissue, gene
             active=active,
         )
     assert not sink._thread.is_alive()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (16, 37), (17, 37), (300, 350)])
+def test_the_strip_tiff_layout_is_a_tiff_of_the_rows(tissue, shape):
+    import io
+
+    from dn_cli.strip_tiff import strip_tiff_header
+
+    pixels = np.ascontiguousarray(np.concatenate([tissue] * 2)[: shape[0], : shape[1]])
+    stream = strip_tiff_header(shape[1], shape[0]) + pixels.tobytes()
+    np.testing.assert_array_equal(tifffile.imread(io.BytesIO(stream)), pixels)
+    np.testing.assert_array_equal(pyvips.Image.new_from_buffer(stream, "").numpy().reshape(pixels.shape), pixels)
