@@ -314,6 +314,17 @@ def open_sink(
     return ImageFileSink(path, width, height)
 
 
+def write_test_slide(path: Path, sample: Path, size: int) -> None:
+    """A ``size × size`` slide of real tissue for benchmarks: ``sample`` (the bundled slide)
+    repeated, as a tiled pyramidal JPEG TIFF at its pixel size."""
+    image = pyvips.Image.new_from_file(str(sample))
+    repeats = -(-size // min(image.width, image.height))
+    tiled = _to_rgb8(image).replicate(repeats, repeats).crop(0, 0, size, size)
+    mpp = _mpp(image) or 0.5
+    resolution = {"xres": 1000 / mpp, "yres": 1000 / mpp, "resunit": "cm"}  # libvips takes pixels per mm
+    tiled.tiffsave(str(path), tile=True, pyramid=True, compression="jpeg", Q=90, **resolution)
+
+
 def image_description(path: Path) -> str | None:
     """The ImageDescription of a TIFF (None for other files, or where there is none)."""
     try:

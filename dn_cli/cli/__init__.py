@@ -9,6 +9,7 @@ import threading
 import click
 
 from dn_cli import __version__
+from dn_cli.cli.bench import bench
 from dn_cli.cli.info import info, models
 from dn_cli.cli.options import debug_option
 from dn_cli.cli.translate import translate
@@ -77,6 +78,7 @@ def cli() -> None:
 cli.add_command(translate)
 cli.add_command(info)
 cli.add_command(models)
+cli.add_command(bench)
 
 
 def main() -> None:

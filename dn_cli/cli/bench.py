@@ -1,0 +1,98 @@
+"""``dn bench``: how fast each stage runs on this machine, and which one sets the pace."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import tempfile
+from pathlib import Path
+
+import click
+import torch
+
+from dn_cli.benchmark import measure
+from dn_cli.cli.options import debug_option, model_options, model_path_option
+from dn_cli.device import PRECISIONS, autocast_dtype, select_device
+from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
+from dn_cli.image_io import write_test_slide
+from dn_cli.models import load_generator
+from dn_cli.pipeline import TileRunner
+from dn_cli.sources import open_source
+
+LABELS = {
+    "read": "slide reads alone",
+    "ceiling": "model alone (ceiling)",
+    "write": "writer alone (JPEG pyramid)",
+    "null": "pipeline without the model",
+    "in": "pipeline, --norm in",
+    "dn": "pipeline, --norm dn",
+}
+
+
+@click.command()
+@click.argument("slide", required=False, type=click.Path(path_type=Path))
+@model_path_option
+@model_options
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 512), default=4, show_default=True)
+@click.option("--tile-size", type=click.IntRange(8, MAX_TILE), default=512, show_default=True)
+@click.option(
+    "--size",
+    type=click.IntRange(256, 65536),
+    default=4096,
+    show_default=True,
+    help="Side of the tissue slide made when none is given.",
+)
+@click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True, help="Measurements of each stage.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@debug_option
+def bench(
+    *,
+    slide: Path | None,
+    model_path: Path,
+    arch: str | None,
+    trust_code: bool,
+    device: str,
+    precision: str,
+    batch_size: int,
+    tile_size: int,
+    size: int,
+    repeats: int,
+    as_json: bool,
+) -> None:
+    """Measure reads, model, writer and the whole pipeline on SLIDE (default: a slide of real tissue
+    made from the bundled sample), in megapixels per second, and name the bottleneck."""
+    torch_device = select_device(device)
+    generator = load_generator(model_path, arch=arch, trust_code=trust_code)
+    margin = default_margin(tile_size, generator.stride)
+    check_geometry(tile_size, margin, generator.stride)
+    runner = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
+    with tempfile.TemporaryDirectory() as tmp:
+        described = str(slide)
+        if slide is None:
+            slide, described = Path(tmp) / "tissue.tif", f"{size}² made of the bundled sample slide"
+            write_test_slide(slide, Path(str(importlib.resources.files("dn_cli.examples") / "sample_ihc.tif")), size)
+        with open_source(slide) as source:
+            report = measure(
+                source,
+                runner,
+                tile_size=tile_size,
+                margin=margin,
+                batch_size=batch_size,
+                repeats=repeats,
+                progress=None if as_json else lambda stage: click.echo(f"  measuring {stage}…", err=True),
+            )
+    report |= {"device": device_name(torch_device), "model": generator.name, "slide": described}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{report['device']}, {report['model']}, {report['slide']}: {report['megapixels']} Mpx measured")
+    for key, label in LABELS.items():
+        low, high = report["spread"][f"{key}_mpx_s"]
+        click.echo(f"  {label:30s} {report[f'{key}_mpx_s']:9.2f} Mpx/s  ({low:.2f}–{high:.2f})")
+    click.echo(f"bottleneck: {report['bottleneck']}")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
