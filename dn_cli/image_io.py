@@ -165,7 +165,7 @@ class PyramidTiffSink:
         if ome:  # pyramid levels as SubIFDs of the full-resolution image, described by OME-XML
             options["subifd"] = True
             description = ome_xml(self.name, width, height, mpp, description)
-        self._thread = threading.Thread(target=self._save, args=(options, description), daemon=True)
+        self._thread = threading.Thread(target=self._save, args=(options, description), name="dn-tiffsave", daemon=True)
         self._thread.start()
 
     def _read(self, size: int) -> bytes | memoryview:

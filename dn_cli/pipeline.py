@@ -21,6 +21,7 @@ from dn_cli.geometry import TileGrid, check_geometry, default_margin, fit_grid
 from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
+from dn_cli.output_stage import OutputStage
 from dn_cli.prefetch import TileReader
 from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
 from dn_cli.tissue import THRESHOLD_RANGE, saturation
@@ -48,11 +49,15 @@ class TileRunner:
         exact_fp32(device, dtype)
         self.max_batch = 1 << 30  # lowered when a batch turns out too big for the device
 
-    def _forward(self, tiles: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.require(tiles, requirements=["C", "W"]))  # slide reads may be read-only views
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1
+    def stage(self, tiles: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """Tiles as the model's input on the host: one uint8 ``(B, h, w, 3)`` tensor, pinned for
+        an asynchronous copy where the device is a GPU (done ahead, off the feeding loop)."""
+        x = torch.from_numpy(np.require(np.stack(tiles), requirements=["C", "W"]))  # reads may be read-only views
+        return x.pin_memory() if self.device.type == "cuda" else x
+
+    def _forward(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = tiles if isinstance(tiles, torch.Tensor) else self.stage(tiles)
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
         with torch.inference_mode(), autocast(self.device, self.dtype):
             return self.module(x)
 
@@ -108,12 +113,36 @@ class TileRunner:
 
     def apply(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, crop: int, size: int) -> np.ndarray:
         """Translate tiles; keep the central ``size`` square after ``crop`` pixels, as uint8 RGB."""
+        return self.apply_async(tiles, neighbourhood, crop, size)()
+
+    def apply_async(
+        self, tiles: np.ndarray | torch.Tensor, neighbourhood: Neighbourhood | None, crop: int, size: int
+    ) -> Callable[[], np.ndarray]:
+        """:meth:`apply` with the wait for the result left to the caller: returns a function that
+        waits for the uint8 pixels to reach the host and returns them."""
         y = self.forward(tiles, neighbourhood)[:, :, crop : crop + size, crop : crop + size]
-        if not torch.isfinite(y).all():  # NaN would silently become black pixels
-            hint = ": try --precision fp32" if self.dtype == torch.float16 else ": its weights or this input break it"
-            raise ModelError(f"{self.name} gives NaN or infinite values{hint}")
-        y = ((y.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-        return y.permute(0, 2, 3, 1).cpu().numpy()
+        with torch.inference_mode():  # the model's output is an inference tensor: changed in place here
+            finite = torch.isfinite(y).all()  # NaN would silently become black pixels: checked on arrival
+            y = y.float().add_(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            if self.device.type == "cuda":  # copied to pinned memory behind the forward; an event marks the end
+                host = torch.empty(y.shape, dtype=torch.uint8, pin_memory=True)
+                host.copy_(y, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+            else:
+                host, ready = y, None
+
+        def result() -> np.ndarray:
+            if ready is not None:
+                ready.synchronize()
+            if not finite.item():
+                hint = (
+                    ": try --precision fp32" if self.dtype == torch.float16 else ": its weights or this input break it"
+                )
+                raise ModelError(f"{self.name} gives NaN or infinite values{hint}")
+            return host.contiguous().numpy()
+
+        return result
 
     def image_moments(self, source: ImageSource, side: int) -> torch.Tensor:
         """The whole image's moments, ``(1, 2, C_total)``: those of its thumbnail, at most ``side``
@@ -241,42 +270,43 @@ def translate(
         # Skipped tiles drop out of collection; apply steps keep them, to write background in order.
         plan = [(step, active_of(step.tiles)) for step in steps]
         plan = [(step, tiles) for step, tiles in plan if tiles or step.kind == "apply"]
-        # Collected tiles are read once, ahead of the model, and wait here until applied.
+        # Collected batches are read once, ahead of the model, and wait here until applied (an
+        # apply step covers the same tiles as the collect step of the same range).
         reading = [tiles for step, tiles in plan if step.kind == "collect"] or [tiles for _, tiles in plan if tiles]
-        pending: dict[int, np.ndarray] = {}
+        pending: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
         image_moments = None  # the thumbnail's moments, taken at the first flat tile
         applied = 0
+
+        def stage(tiles: list[np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:  # on the reader's staging thread
+            return runner.stage(tiles), np.array([is_flat(t, margin, tile_size) for t in tiles])
+
         if progress is not None:
             progress(0, len(grid))
-        with TileReader(source, grid, reading) as reader:
-            for step, tiles in plan:
-                if step.kind == "collect":
-                    batch = reader.read(tiles)
-                    pending.update(zip(tiles, batch, strict=True))
-                    oldest_needed_row = grid.position(applied)[0] - 1
-                    packed = runner.collect(np.stack(batch))
-                    flat = np.array([is_flat(t, margin, tile_size) for t in batch])
-                    if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
-                        if image_moments is None:
-                            image_moments = runner.image_moments(source, grid.padded_size)[0]
-                        packed[torch.as_tensor(np.flatnonzero(flat), device=packed.device)] = image_moments
-                    moments.write(tiles, packed, oldest_needed_row)
-                    continue
-                translated = {}
-                if tiles:
-                    batch = [pending.pop(i) for i in tiles] if pending else reader.read(tiles)
-                    neighbourhood = moments.gather(tiles) if moments is not None else None
-                    out = runner.apply(np.stack(batch), neighbourhood, margin, tile_size)
-                    translated = dict(zip(tiles, out, strict=True))
-                for i in step.tiles:  # raster order, which the sinks rely on
-                    box = grid.output_box(*grid.position(i))
-                    pixels = (
-                        translated[i] if i in translated else np.broadcast_to(background, (tile_size, tile_size, 3))
-                    )
-                    sink.write(box, pixels[: box.height, : box.width])
-                applied = step.tiles.stop
-                if progress is not None:
-                    progress(applied, len(grid))
+        output = OutputStage(sink, grid, background, progress)
+        try:
+            with TileReader(source, grid, reading, stage=stage) as reader:
+                for step, tiles in plan:
+                    if step.kind == "collect":
+                        batch, flat = pending[step.tiles.start] = reader.read(tiles)
+                        oldest_needed_row = grid.position(applied)[0] - 1
+                        packed = runner.collect(batch)
+                        if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
+                            if image_moments is None:
+                                image_moments = runner.image_moments(source, grid.padded_size)[0]
+                            packed[torch.as_tensor(np.flatnonzero(flat), device=packed.device)] = image_moments
+                        moments.write(tiles, packed, oldest_needed_row)
+                        continue
+                    result = None
+                    if tiles:
+                        batch = pending.pop(step.tiles.start)[0] if pending else reader.read(tiles)[0]
+                        neighbourhood = moments.gather(tiles) if moments is not None else None
+                        result = runner.apply_async(batch, neighbourhood, margin, tile_size)
+                    output.put(step.tiles, tiles, result)  # written in raster order, which the sinks rely on
+                    applied = step.tiles.stop
+            output.close()
+        except BaseException:
+            output.abort()
+            raise
         sink.close()
     except BaseException:
         sink.abort()  # an error or Ctrl-C, even before the first tile or while closing, leaves nothing behind

@@ -1,5 +1,7 @@
 """The whole tile pipeline on a real tissue image with a real generator."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -254,3 +256,46 @@ def test_fp32_on_cuda_turns_tf32_off():
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+class Sleepy(nn.Module):
+    """A real generator on a slow device: every forward also waits (releasing the GIL, as a GPU does)."""
+
+    def __init__(self, net: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.net, self.seconds = net, seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.net(x)
+
+
+class SlowImage(ArrayImage):
+    def read(self, box):
+        time.sleep(0.01)  # a slide decoding tiles
+        return super().read(box)
+
+
+class SlowCanvas(Canvas):
+    def write(self, box, pixels):
+        time.sleep(0.05)  # an encoder
+        super().write(box, pixels)
+
+
+def test_stages_overlap_so_the_slowest_sets_the_pace(tissue):
+    # 16 tiles, one per batch: the model waits 0.05 s a forward, the writer 0.05 s a tile and the
+    # reads 0.01 s a tile. One after the other that is at least 1.76 s; overlapped, the slowest
+    # stage (0.8 s) and one step of filling the pipe.
+    from dn_cli.models import Generator
+
+    runner = TileRunner(Generator(Sleepy(make_generator().module, 0.0), "x", {}, 4), CPU)
+    runner.module.seconds = 0.05  # not while dn probes the model at load
+    image = SlowImage(np.ascontiguousarray(tissue[:256, :256]))
+    canvas = SlowCanvas(256, 256)
+    start = time.perf_counter()
+    translate(image, canvas, runner, policy="in", tile_size=64, batch_size=1)
+    elapsed = time.perf_counter() - start
+    sequential = 16 * (0.05 + 0.05 + 0.01)
+    assert elapsed < 0.75 * sequential, f"{elapsed:.2f} s: the stages ran one after the other"
+    plain = run(np.ascontiguousarray(tissue[:256, :256]), runner, policy="in", tile_size=64, batch_size=1)
+    np.testing.assert_array_equal(canvas.pixels, plain)

@@ -1,6 +1,7 @@
 """Pyramidal TIFF output, streamed while translating: readable by OpenSlide and tifffile."""
 
 import json
+import threading
 
 import numpy as np
 import openslide
@@ -89,6 +90,7 @@ def test_a_failure_mid_way_stops_the_writer_and_leaves_no_file(tmp_path, tissue,
         finally:
             partial.discard()  # what the job does with a failed slide's file
     assert not sink._thread.is_alive()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("dn-")] == []  # readers, writer, libvips
     assert list(tmp_path.iterdir()) == []
 
 
