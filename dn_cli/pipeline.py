@@ -140,7 +140,7 @@ class TileRunner:
                     ": try --precision fp32" if self.dtype == torch.float16 else ": its weights or this input break it"
                 )
                 raise ModelError(f"{self.name} gives NaN or infinite values{hint}")
-            return host.contiguous().numpy()
+            return host.numpy()
 
         return result
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# GPU measurement of dn, run on the GPU machine from the checkout's root: bash scripts/gpu_measure.sh
+# Needs the wheels in .gpu/whl (see ../shared/gpu/README.md). Appends its output to $LOG.
+# Issue 11's figures: CUDA tests, dn bench (bundled and CycleGAN-size model, batch sweep), and
+# dn translate on a 16384² slide with GPU utilisation. Not yet run: no GPU was lent so far.
+set -u
+exec > >(tee -a "${LOG:-/tmp/dn-gpu.log}") 2>&1
+export PYTHONUNBUFFERED=1
+ROOT=$(pwd)
+T0=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
+
+stamp environment
+nvidia-smi -L
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$ROOT"/.gpu/whl/*.whl || exit 1
+rm -rf /tmp/dn && mkdir -p /tmp/dn && cp -r "$ROOT"/dn_cli "$ROOT"/configs "$ROOT"/scripts "$ROOT"/tests "$ROOT"/pyproject.toml /tmp/dn/
+cp -r /tmp/dn/configs /tmp/dn/dn_cli/configs   # what an install would map
+cp -r "$ROOT"/examples /tmp/dn/dn_cli/examples  # the sample slide, for dn bench
+export PYTHONPATH=/tmp/site:/tmp/dn
+cd /tmp/dn
+python3 -c "import torch, pyvips, openslide; print('torch', torch.__version__, torch.cuda.get_device_name(0), '| libvips', pyvips.version(0), pyvips.version(1), '| openslide', openslide.__library_version__)" || exit 1
+
+stamp "CycleGAN-size model (ResNet-9, ngf 64, random weights)"
+python3 -c "
+import torch
+from dn_cli.models.resnet import ResnetGenerator
+torch.manual_seed(0)
+torch.save(ResnetGenerator(ngf=64, n_blocks=9).state_dict(), '/tmp/cg64.pth')"
+
+stamp "CUDA tests"
+timeout 180 python3 -m pytest -q -m cuda -p no:cacheprovider --tb=short tests 2>&1 | grep -E "^E |FAILED|passed|failed|rror" | head -40
+
+stamp "dn bench, 8192² tissue slide (reads, ceiling, writer, null, in, dn)"
+for b in 16 32; do
+  timeout 240 python3 -m dn_cli bench --device cuda --model /tmp/cg64.pth --size 8192 --batch-size $b --repeats 1 2>&1 | grep -v "measuring"
+done
+timeout 180 python3 -m dn_cli bench --device cuda --size 8192 --batch-size 16 --repeats 1 2>&1 | grep -v "measuring"
+
+stamp "16384² real-tissue slide"
+python3 -c "
+import sys; sys.path.insert(0, 'scripts')
+from pathlib import Path
+from bench_scaling import make_slide
+make_slide(Path('/tmp/s16k.tif'), 16384)"
+
+run_cli() {  # label, extra arguments...
+  local label=$1; shift
+  nvidia-smi dmon -s u -d 1 > "/tmp/dmon.$label" 2>/dev/null & local dm=$!
+  local t=$(date +%s.%N)
+  timeout 200 python3 -m dn_cli translate /tmp/s16k.tif -o "/tmp/out_$label.tif" -q --overwrite "$@"
+  local rc=$?
+  local dt=$(python3 -c "import time; print(round(time.time() - $t, 2))")
+  kill $dm 2>/dev/null; wait $dm 2>/dev/null
+  local busy=$(awk '!/^#/ && NF>2 {n++; s+=$2} END {if (n) printf "%.0f", s/n}' "/tmp/dmon.$label")
+  python3 -c "print(f'  $label: exit $rc, $dt s, {16384**2 / 1e6 / $dt:.1f} Mpx/s, GPU busy ${busy:-?} %')"
+}
+run_cli cyclegan_in --model /tmp/cg64.pth --norm in --batch-size 16
+run_cli cyclegan_dn --model /tmp/cg64.pth --norm dn --batch-size 16
+run_cli bundled_in --norm in --batch-size 16
+run_cli bundled_dn --norm dn --batch-size 16
+stamp done
