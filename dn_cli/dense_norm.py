@@ -36,6 +36,10 @@ class Neighbourhood:
         return Neighbourhood([m[items] for m in self.moments], self.valid[items], self.complete)
 
 
+class MomentsRecorded(Exception):  # noqa: N818 (not an error: the collect pass is done)
+    """Raised once every norm layer has recorded: collecting needs nothing after that."""
+
+
 @dataclass
 class NormContext:
     """State shared by every DenseNorm2d of one model, set by the pipeline before each forward.
@@ -44,7 +48,9 @@ class NormContext:
         tile_size: T in level pixels (feature geometry, DESIGN.md §2).
         margin: m in level pixels.
         mode: ``plain`` (per-tile InstanceNorm) or ``dense`` (moments from ``neighbourhood``).
-        record: in plain mode, keep each layer's moments in ``recorded``.
+        record: in plain mode, keep each layer's moments in ``recorded``; once all ``layers``
+            have recorded, stop the forward (:class:`MomentsRecorded`): the rest of the network
+            cannot change what was recorded (0: never stop).
         weighting: ``bilinear`` for DN, ``flat`` (mean of the valid neighbours) for KIN.
     """
 
@@ -52,6 +58,7 @@ class NormContext:
     margin: int = 16
     mode: Literal["plain", "dense"] = "plain"
     record: bool = False
+    layers: int = 0
     weighting: Weighting = "bilinear"
     neighbourhood: Neighbourhood | None = None
     recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -133,6 +140,8 @@ class DenseNorm2d(nn.Module):
         )
         if self.context.record:
             self.context.recorded[self.index] = (mean.view(b, c), inv_std.view(b, c))
+            if len(self.context.recorded) == self.context.layers:
+                raise MomentsRecorded
         return y.view(b, c, h, w)
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:

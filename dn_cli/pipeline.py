@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dn_cli.dense_norm import Neighbourhood, NormContext, convert_instance_norm
+from dn_cli.dense_norm import MomentsRecorded, Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError
 from dn_cli.geometry import TileGrid, check_geometry, default_margin, fit_grid
@@ -42,6 +42,7 @@ class TileRunner:
     def __init__(self, generator: Generator, device: torch.device, dtype: torch.dtype | None = None) -> None:
         self.context = NormContext()
         module, layers = convert_instance_norm(copy.deepcopy(generator.module), self.context)
+        self.context.layers = len(layers)
         self.module = module.to(device).eval()
         self.layout = MomentLayout([layer.num_features for layer in layers])
         self.stride, self.min_size, self.name = generator.stride, generator.min_size, generator.name
@@ -59,7 +60,10 @@ class TileRunner:
         x = tiles if isinstance(tiles, torch.Tensor) else self.stage(tiles)
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            return self.module(x)
+            try:
+                return self.module(x)
+            except MomentsRecorded:  # collecting: the layers after the last norm were skipped
+                return x
 
     def _run(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(output, packed moments when recording) of a batch, in forwards of at most ``max_batch``

@@ -299,3 +299,18 @@ def test_stages_overlap_so_the_slowest_sets_the_pace(tissue):
     assert elapsed < 0.75 * sequential, f"{elapsed:.2f} s: the stages ran one after the other"
     plain = run(np.ascontiguousarray(tissue[:256, :256]), runner, policy="in", tile_size=64, batch_size=1)
     np.testing.assert_array_equal(canvas.pixels, plain)
+
+
+def test_collecting_stops_after_the_last_norm_layer_with_the_same_moments(tissue):
+    runner = TileRunner(make_generator(), CPU)
+    tiles = np.stack([np.ascontiguousarray(tissue[:96, :96]), np.ascontiguousarray(tissue[96:192, :96])])
+    last_conv = [m for m in runner.module.modules() if isinstance(m, nn.Conv2d)][-1]
+    calls = []
+    hook = last_conv.register_forward_hook(lambda *_: calls.append(1))
+    early = runner.collect(tiles)
+    assert calls == []  # the output convolution, after the last norm layer, never ran
+    runner.context.layers = 0  # never stop: the whole forward
+    whole = runner.collect(tiles)
+    hook.remove()
+    assert calls == [1]
+    torch.testing.assert_close(early, whole, rtol=0, atol=0)
