@@ -5,11 +5,12 @@
 
 Where no GPU exists, ``--device cuda`` prints that it is skipped and exits 0.
 
-Ceiling: the converted model's forward on random padded tiles (batch B), no I/O, in plain mode
-(``in``) — tiles/s. End to end: ``dn``'s pipeline on a real-tissue slide (scikit-image's IHC
-photograph repeated, tiled pyramidal TIFF at 0.5 µm/px, read through OpenSlide, written as a
-pyramidal JPEG TIFF), for ``in`` and ``dn``, as a fraction of the ceiling (``dn`` runs two
-forwards per tile, so its target is half the ceiling). DN overhead: time spent inside the DN
+Ceiling and end to end are ``dn bench``'s measurements (``dn_cli.benchmark``: warmed up, the
+stages interleaved and repeated three times, the ceiling taken on the slide's own tiles at the
+same batch size), on a real-tissue slide (scikit-image's IHC photograph repeated, tiled pyramidal
+TIFF at 0.5 µm/px, read through OpenSlide, written as a pyramidal JPEG TIFF), for ``in`` and
+``dn``, as a fraction of the ceiling (``dn`` runs two forwards per tile, so its target is half
+the ceiling); a fraction above 1.05 would be a measurement bug. DN overhead: time spent inside the DN
 layers in dense mode beyond what plain InstanceNorm costs, per tile.
 """
 
@@ -29,44 +30,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_dn_overhead import machine  # noqa: E402
 from bench_scaling import make_slide  # noqa: E402
 
+from dn_cli import benchmark  # noqa: E402
 from dn_cli.dense_norm import DenseNorm2d  # noqa: E402
 from dn_cli.device import autocast_dtype, select_device  # noqa: E402
 from dn_cli.errors import DeviceMemoryError  # noqa: E402
 from dn_cli.geometry import default_margin  # noqa: E402
-from dn_cli.image_io import PyramidTiffSink  # noqa: E402
 from dn_cli.models import DEMO_MODEL, load_generator  # noqa: E402
 from dn_cli.moments import MomentRing  # noqa: E402
-from dn_cli.pipeline import TileRunner, translate  # noqa: E402
+from dn_cli.pipeline import TileRunner  # noqa: E402
 from dn_cli.slides import SlideImage  # noqa: E402
 
 
 def synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def ceiling(runner: TileRunner, padded: int, batch: int, repeats: int) -> float:
-    """Tiles/s of the bare forward (plain IN) on random tiles."""
-    tiles = np.random.default_rng(0).integers(0, 256, (batch, padded, padded, 3), dtype=np.uint8)
-    runner.context.mode = "plain"
-    runner.forward(tiles, None)  # warm-up
-    synchronise(runner.device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        runner.forward(tiles, None)
-    synchronise(runner.device)
-    return repeats * batch / (time.perf_counter() - start)
-
-
-def end_to_end(runner: TileRunner, slide: Path, policy: str, tile: int, batch: int) -> tuple[float, int]:
-    """Tiles/s of the whole pipeline, slide file to pyramidal TIFF, and the number of tiles."""
-    with SlideImage(slide) as source, tempfile.TemporaryDirectory() as tmp:
-        sink = PyramidTiffSink(Path(tmp) / "out.tif", source.width, source.height, mpp=source.mpp)
-        synchronise(runner.device)
-        start = time.perf_counter()
-        grid = translate(source, sink, runner, policy=policy, tile_size=tile, batch_size=batch)
-        synchronise(runner.device)
-        return len(grid) / (time.perf_counter() - start), len(grid)
 
 
 def dn_layer_overhead(runner: TileRunner, padded: int, tile: int, margin: int, batch: int) -> float:
@@ -104,14 +81,17 @@ def dn_layer_overhead(runner: TileRunner, padded: int, tile: int, margin: int, b
 
 
 def measure(runner: TileRunner, slide: Path, tile: int, margin: int, batch: int) -> dict:
-    """Ceiling, end-to-end rates and DN layer overhead at one batch size."""
-    padded = tile + 2 * margin
-    row = {"batch_size": batch, "ceiling_tiles_per_s": ceiling(runner, padded, batch, repeats=5)}
-    for policy in ("in", "dn"):
-        rate, row["tiles"] = end_to_end(runner, slide, policy, tile, batch)
-        row[f"{policy}_tiles_per_s"] = rate
-        row[f"{policy}_fraction"] = rate / (row["ceiling_tiles_per_s"] / (1 if policy == "in" else 2))
-    row["dn_overhead_s_per_tile"] = dn_layer_overhead(runner, padded, tile, margin, batch)
+    """Ceiling and end-to-end rates (``dn bench``'s: warmed up, interleaved, repeated, the ceiling on
+    the same tiles and batch size) in tiles/s, and the DN layer overhead, at one batch size."""
+    with SlideImage(slide) as source:
+        rates = benchmark.measure(source, runner, tile_size=tile, margin=margin, batch_size=batch, repeats=3)
+    tiles_per_mpx = rates["tiles"] / rates["megapixels"]
+    row = {"batch_size": batch, "tiles": rates["tiles"], "ceiling_tiles_per_s": rates["ceiling_mpx_s"] * tiles_per_mpx}
+    for policy, forwards in (("in", 1), ("dn", 2)):
+        row[f"{policy}_tiles_per_s"] = rates[f"{policy}_mpx_s"] * tiles_per_mpx
+        row[f"{policy}_fraction"] = rates[f"{policy}_mpx_s"] / (rates["ceiling_mpx_s"] / forwards)
+    row["spread_mpx_s"] = rates["spread"]
+    row["dn_overhead_s_per_tile"] = dn_layer_overhead(runner, tile + 2 * margin, tile, margin, batch)
     return row
 
 
