@@ -56,16 +56,17 @@ class TopRows:
         pass
 
 
-def _synchronise(device: torch.device) -> None:
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timer measures it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _rate(megapixels: float, work: Callable[[], object], device: torch.device) -> float:
-    _synchronise(device)
+    synchronise(device)
     start = time.perf_counter()
     work()
-    _synchronise(device)
+    synchronise(device)
     return megapixels / (time.perf_counter() - start)
 
 

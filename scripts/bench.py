@@ -41,11 +41,6 @@ from dn_cli.pipeline import TileRunner  # noqa: E402
 from dn_cli.slides import SlideImage  # noqa: E402
 
 
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def dn_layer_overhead(runner: TileRunner, padded: int, tile: int, margin: int, batch: int) -> float:
     """Seconds per tile inside DN layers in dense mode minus the same layers in plain mode."""
     tiles = np.random.default_rng(1).integers(0, 256, (batch, padded, padded, 3), dtype=np.uint8)
@@ -53,11 +48,11 @@ def dn_layer_overhead(runner: TileRunner, padded: int, tile: int, margin: int, b
     starts: dict = {}
 
     def before(module, _inputs):
-        synchronise(runner.device)
+        benchmark.synchronise(runner.device)
         starts[module] = time.perf_counter()
 
     def after(module, _inputs, _output):
-        synchronise(runner.device)
+        benchmark.synchronise(runner.device)
         spent["total"] += time.perf_counter() - starts.pop(module)
 
     layers = [m for m in runner.module.modules() if isinstance(m, DenseNorm2d)]
