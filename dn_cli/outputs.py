@@ -54,7 +54,10 @@ class Partial:
             raise OutputError(f"cannot write in {final.parent}: {os_reason(e)}") from e
         self.path = Path(name)
         self._fd: int | None = fd
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: cannot be held by anyone else
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: cannot be held by anyone else
+        except OSError:
+            pass  # a file system without locks: other runs then never remove it (see _is_locked)
         os.fchmod(fd, 0o666 & ~_umask())  # what a plain new file would get (mkstemp makes 0600)
 
     def __repr__(self) -> str:
@@ -129,7 +132,7 @@ def _is_locked(path: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
-    except BlockingIOError:
+    except OSError:  # held by a live run; or a file system without locks, where no run is provably dead
         return True
     finally:
         os.close(fd)
