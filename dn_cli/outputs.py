@@ -57,7 +57,7 @@ class Partial:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: cannot be held by anyone else
         except OSError:
-            pass  # a file system without locks: other runs then never remove it (see _is_locked)
+            pass  # a file system without locks: other runs then leave it alone (see _lock)
         os.fchmod(fd, 0o666 & ~_umask())  # what a plain new file would get (mkstemp makes 0600)
 
     def __repr__(self) -> str:
@@ -122,25 +122,28 @@ def partials_of(final: Path) -> list[Path]:
     return sorted(final.parent.glob(f"{glob.escape(_prefix(final))}*.partial*"))
 
 
-def _is_locked(path: Path) -> bool:
+def _lock(path: Path) -> str:
+    """``held`` by a live run, ``free`` (its run is dead), or ``unknown`` (not ours to judge)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return False  # gone meanwhile
+        return "free"  # gone meanwhile
     except OSError:
-        return True  # another user's, say: not provably dead, so not ours to remove
+        return "unknown"  # another user's, say
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:  # held by a live run; or a file system without locks, where no run is provably dead
-        return True
+        return "free"
+    except BlockingIOError:
+        return "held"
+    except OSError:
+        return "unknown"  # a file system without locks: no run is provably dead, none provably alive
     finally:
         os.close(fd)
 
 
 def is_busy(final: Path) -> bool:
     """Whether a live run is writing ``final`` now."""
-    return any(_is_locked(path) for path in partials_of(final))
+    return any(_lock(path) == "held" for path in partials_of(final))
 
 
 def clear_stale_partials(final: Path, started: float) -> bool:
@@ -148,8 +151,9 @@ def clear_stale_partials(final: Path, started: float) -> bool:
     time stamp); True if a live run is writing ``final`` now."""
     busy = False
     for path in partials_of(final):
-        if _is_locked(path):
-            busy = True
+        state = _lock(path)
+        busy |= state == "held"
+        if state != "free":
             continue
         try:
             if path.stat().st_mtime < started:
