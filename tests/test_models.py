@@ -229,3 +229,106 @@ def test_unreadable_files_are_refused(tmp_path, checkpoint):
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "meta.pth")
     with pytest.raises(ModelError, match="without a state dict"):
         load_generator(tmp_path / "meta.pth")
+
+
+# The Dense Normalization and URUST repositories' generator (Kaminyou/Dense-Normalization and
+# Kaminyou/URUST, models/generator.py, downsample.py, upsample.py), written here from their
+# published structure: the attribute names are what their checkpoints' keys are made of.
+class PublishedDownsample(nn.Module):
+    def __init__(self, features):
+        super().__init__()
+        self.reflectionpad = nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(features, features, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        return self.conv(self.reflectionpad(x))
+
+
+class PublishedUpsample(nn.Module):
+    def __init__(self, features):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ReplicationPad2d(1), nn.ConvTranspose2d(features, features, kernel_size=4, stride=2, padding=3)
+        )
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class RegisteredAffineNorm(nn.Module):
+    """Their TIN / KIN / DN layers as trained (per-tile statistics), where the affine weights got
+    registered: ``(1, C, 1, 1)`` parameters named ``weight`` and ``bias``."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, features, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, features, 1, 1))
+
+    def forward(self, x):
+        return torch.nn.functional.instance_norm(x) * self.weight + self.bias
+
+
+class PublishedBlock(nn.Module):
+    def __init__(self, norm, in_features, out_features, up=False, down=False):
+        super().__init__()
+        self.up, self.down = up, down
+        if up:
+            self.upsample = PublishedUpsample(in_features)
+        self.conv = nn.Conv2d(in_features, out_features, kernel_size=3, stride=1, padding=1)
+        self.instancenorm = norm(out_features)
+        self.relu = nn.ReLU(True)
+        if down:
+            self.downsample = PublishedDownsample(out_features)
+
+    def forward(self, x):
+        x = self.upsample(x) if self.up else x
+        x = self.relu(self.instancenorm(self.conv(x)))
+        return self.downsample(x) if self.down else x
+
+
+class PublishedResnetBlock(nn.Module):
+    def __init__(self, norm, features):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(features, features, kernel_size=3),
+            norm(features),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(features, features, kernel_size=3),
+            norm(features),
+        )
+
+    def forward(self, x):
+        return x + self.model(x)
+
+
+class PublishedGenerator(nn.Module):
+    def __init__(self, norm, features=8, residuals=2):
+        super().__init__()
+        f = features
+        self.reflectionpad = nn.ReflectionPad2d(3)
+        self.block1 = nn.Sequential(nn.Conv2d(3, f, kernel_size=7), norm(f), nn.ReLU(True))
+        self.downsampleblock2 = PublishedBlock(norm, f, f * 2, down=True)
+        self.downsampleblock3 = PublishedBlock(norm, f * 2, f * 4, down=True)
+        self.resnetblocks4 = nn.Sequential(*[PublishedResnetBlock(norm, f * 4) for _ in range(residuals)])
+        self.upsampleblock5 = PublishedBlock(norm, f * 4, f * 2, up=True)
+        self.upsampleblock6 = PublishedBlock(norm, f * 2, f, up=True)
+        self.block7 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(f, 3, kernel_size=7), nn.Tanh())
+
+    def forward(self, x):
+        x = self.downsampleblock3(self.downsampleblock2(self.block1(self.reflectionpad(x))))
+        return self.block7(self.upsampleblock6(self.upsampleblock5(self.resnetblocks4(x))))
+
+
+@pytest.mark.parametrize("norm", [nn.InstanceNorm2d, RegisteredAffineNorm], ids=["in", "tin-kin-dn"])
+def test_the_research_codes_published_checkpoints_load_and_translate_the_same(tmp_path, norm):
+    net = randomised(PublishedGenerator(norm)).eval()
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(net.state_dict(), path)  # what their training scripts write
+    loaded = load_generator(path)
+    assert loaded.family == "dn-research"
+    assert loaded.params == {"in_channels": 3, "features": 8, "residuals": 2, "affine": norm is RegisteredAffineNorm}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), net(x), rtol=1e-5, atol=1e-5)

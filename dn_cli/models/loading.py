@@ -44,6 +44,7 @@ class Family:
     source: str
     build: Callable[..., nn.Module]
     infer: Callable[[StateDict], dict | None]
+    adapt: Callable[[StateDict], StateDict] | None  # the checkpoint's tensors as the builder's module takes them
     fixed: dict
     stride: int | None
     stride_log2: str | None
@@ -121,6 +122,7 @@ def families() -> tuple[Family, ...]:
                     c["source"],
                     _resolve(c["builder"]),
                     _resolve(c["infer"]),
+                    _resolve(c["adapt"]) if "adapt" in c else None,
                     c.get("params", {}),
                     c.get("stride"),
                     c.get("stride_log2"),
@@ -221,6 +223,8 @@ def _listed(keys: list[str], limit: int = 4) -> str:
 
 def build_generator(family: Family, sd: StateDict, source: str) -> Generator:
     """Build ``family`` with parameters read from ``sd`` and load ``sd`` strictly."""
+    if family.adapt is not None:
+        sd = family.adapt(sd)
     params = family.infer(sd)
     if params is None:
         raise ModelError(f"{source} is not a {family.name} state dict ({family.description})")
