@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dn_cli.dense_norm import MomentsRecorded, Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError
-from dn_cli.geometry import TileGrid, check_geometry, default_margin, fit_grid
+from dn_cli.geometry import Box, TileGrid, check_geometry, default_margin, fit_grid, reflect_indices
 from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
@@ -115,16 +115,24 @@ class TileRunner:
         self.context.mode = "plain" if neighbourhood is None else "dense"
         return self._run(tiles, neighbourhood)[0]
 
-    def apply(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, crop: int, size: int) -> np.ndarray:
-        """Translate tiles; keep the central ``size`` square after ``crop`` pixels, as uint8 RGB."""
+    def apply(
+        self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, crop: int, size: int | tuple[int, int]
+    ) -> np.ndarray:
+        """Translate tiles; keep the ``size`` square (or ``(height, width)``) after ``crop`` pixels,
+        as uint8 RGB."""
         return self.apply_async(tiles, neighbourhood, crop, size)()
 
     def apply_async(
-        self, tiles: np.ndarray | torch.Tensor, neighbourhood: Neighbourhood | None, crop: int, size: int
+        self,
+        tiles: np.ndarray | torch.Tensor,
+        neighbourhood: Neighbourhood | None,
+        crop: int,
+        size: int | tuple[int, int],
     ) -> Callable[[], np.ndarray]:
         """:meth:`apply` with the wait for the result left to the caller: returns a function that
         waits for the uint8 pixels to reach the host and returns them."""
-        y = self.forward(tiles, neighbourhood)[:, :, crop : crop + size, crop : crop + size]
+        height, width = (size, size) if isinstance(size, int) else size
+        y = self.forward(tiles, neighbourhood)[:, :, crop : crop + height, crop : crop + width]
         with torch.inference_mode():  # the model's output is an inference tensor: changed in place here
             finite = torch.isfinite(y).all()  # NaN would silently become black pixels: checked on arrival
             y = y.float().add_(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
@@ -215,6 +223,24 @@ def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active
     return np.median(runner.apply(tile[None], None, m, t).reshape(-1, 3), axis=0).astype(np.uint8)
 
 
+def translate_whole(
+    source: ImageSource, sink: Sink, runner: TileRunner, progress: Callable[[int, int], None] | None
+) -> None:
+    """An image that fits in one tile, run whole, as the model itself would run it: padded only
+    up to a multiple of the stride (and the model's smallest input), nothing mirrored into it
+    beyond that. Every policy is plain InstanceNorm on a single tile, so each gives this."""
+    if progress is not None:
+        progress(0, 1)
+    height, width = source.height, source.width
+    padded_h, padded_w = (max(-(-n // runner.stride) * runner.stride, runner.min_size) for n in (height, width))
+    pixels = source.read(Box(0, 0, width, height))
+    padded = pixels[np.ix_(reflect_indices(0, padded_h, height), reflect_indices(0, padded_w, width))]
+    sink.write(Box(0, 0, width, height), runner.apply(padded[None], None, 0, (height, width))[0])
+    sink.close()
+    if progress is not None:
+        progress(1, 1)
+
+
 def translate(
     source: ImageSource,
     sink: Sink,
@@ -248,6 +274,9 @@ def translate(
             margin = default_margin(tile_size, runner.stride)
         check_geometry(tile_size, margin, runner.stride)
         grid = fit_grid(source.width, source.height, tile_size, margin, runner.stride, runner.min_size)
+        if max(source.width, source.height) <= tile_size and not two_pass_oracle:
+            translate_whole(source, sink, runner, progress)
+            return grid
         tile_size = grid.tile_size
         context = runner.context
         context.tile_size, context.margin = tile_size, margin

@@ -86,3 +86,9 @@ def test_reliability_runs_cases_and_writes_the_table(tmp_path):
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("after\n") and "stale table" not in text
     assert "| 1 | --preview is the input | `dn translate in.png -o o.tif --preview in.png" in text
+
+
+def test_small_image_study_reports_before_and_after():
+    results = last_json(run_script("small_image_study.py"))
+    assert results["mirrored tile (before)"]["max"] > 1
+    assert all(row["max"] <= 1 for name, row in results.items() if name.startswith("run whole"))
