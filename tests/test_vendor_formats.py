@@ -1,0 +1,90 @@
+"""Vendor slide formats written at test time by real writer libraries, read through OpenSlide."""
+
+import json
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+from click.testing import CliRunner
+from skimage.transform import resize
+
+from dn_cli.cli import cli
+
+APERIO = "Aperio Image Library v12.0.15"
+
+
+def shrink(pixels: np.ndarray, factor: int) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    return (resize(pixels, (h // factor, w // factor), anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def svs(tmp_path_factory, tissue):
+    """An Aperio SVS as tifffile writes it: tiled JPEG level 0 whose description carries the
+    pixel size, a stripped thumbnail page, then tiled reduced levels (JPEG tiles need imagecodecs)."""
+    pixels = np.ascontiguousarray(np.tile(tissue, (2, 3, 1))[:1024, :1536])
+    glass = pixels.copy()
+    glass[:, 1024:] = 242  # a third of the slide is empty glass
+    path = tmp_path_factory.mktemp("svs") / "case.svs"
+    first = f"{APERIO}\n1536x1024 [0,0 1536x1024] (256x256) JPEG/RGB Q=90|AppMag = 20|MPP = 0.499"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(glass, tile=(256, 256), compression="jpeg", photometric="rgb", description=first, metadata=None)
+        tif.write(
+            shrink(glass, 4),
+            rowsperstrip=16,
+            compression="jpeg",
+            photometric="rgb",
+            metadata=None,
+            description=f"{APERIO}\n1536x1024 -> 384x256",
+        )
+        for factor in (4, 16):
+            tif.write(
+                shrink(glass, factor),
+                tile=(64, 64),
+                compression="jpeg",
+                photometric="rgb",
+                subfiletype=1,
+                metadata=None,
+                description=f"{APERIO}\n1536x1024 -> {1536 // factor}x{1024 // factor}",
+            )
+    return path
+
+
+def translate(*args):
+    return CliRunner().invoke(cli, ["translate", *map(str, args), "-q", "--tile-size", "256"])
+
+
+def test_openslide_reads_the_svs_as_aperio_with_its_pixel_size(svs):
+    with openslide.OpenSlide(str(svs)) as slide:
+        assert slide.properties["openslide.vendor"] == "aperio"
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.499)
+        assert slide.level_dimensions == ((1536, 1024), (384, 256), (96, 64))
+        assert "thumbnail" in slide.associated_images
+    info = json.loads(CliRunner().invoke(cli, ["info", str(svs), "--json"]).stdout)
+    assert (info["format"], info["mpp"], info["levels"]) == ("aperio", 0.499, 3)
+
+
+@pytest.mark.parametrize(
+    "args,size,mpp",
+    [
+        ([], (1536, 1024), 0.499),
+        (["--level", "1"], (384, 256), 0.499 * 4),
+        (["--mpp", "1.0"], (766, 510), 1.0),  # level 0 (0.499) shrunk by 2.004
+    ],
+)
+def test_svs_translated_at_the_chosen_scale_and_recorded(tmp_path, svs, checkpoint, args, size, mpp):
+    out = tmp_path / "out.tif"
+    result = translate(svs, "-o", out, "--model", checkpoint, *args)
+    assert result.exit_code == 0, result.output
+    with openslide.OpenSlide(str(out)) as slide:
+        assert slide.dimensions == size
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(mpp, rel=1e-6)
+    record = json.loads((tmp_path / "out.tif.json").read_text())
+    assert record["mpp"] == pytest.approx(mpp) and record["tissue_tiles"] is not None
+
+
+def test_tissue_detection_on_the_svs_skips_the_glass(tmp_path, svs, checkpoint):
+    result = translate(svs, "-o", tmp_path / "out.tif", "--model", checkpoint, "--json")
+    record = json.loads(result.stdout)
+    assert record["tiles"] == 24 and 0 < record["tiles_skipped"] <= 8  # the glass third: 8 of 24 tiles at most
