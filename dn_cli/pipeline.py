@@ -305,13 +305,16 @@ def translate(
         plan = [(step, tiles) for step, tiles in plan if tiles or step.kind == "apply"]
         # Collected batches are read once, ahead of the model, and wait here until applied (an
         # apply step covers the same tiles as the collect step of the same range).
-        reading = [tiles for step, tiles in plan if step.kind == "collect"] or [tiles for _, tiles in plan if tiles]
+        collecting = [tiles for step, tiles in plan if step.kind == "collect"]
+        reading = collecting or [tiles for _, tiles in plan if tiles]
         pending: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
         image_moments = None  # the thumbnail's moments, taken at the first flat tile
         applied = 0
 
-        def stage(tiles: list[np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:  # on the reader's staging thread
-            return runner.stage(tiles), np.array([is_flat(t, margin, tile_size) for t in tiles])
+        def stage(tiles: list[np.ndarray]) -> tuple[torch.Tensor, np.ndarray | None]:  # on the staging thread
+            # Flatness matters only to collected moments: in and tin never ask.
+            flat = np.array([is_flat(t, margin, tile_size) for t in tiles]) if collecting else None
+            return runner.stage(tiles), flat
 
         if progress is not None:
             progress(0, len(grid))
