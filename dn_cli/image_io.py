@@ -1,4 +1,4 @@
-"""Ordinary image files (PNG, JPEG, TIFF that fit in memory) in and out, through pyvips.
+"""Ordinary image files (PNG, JPEG, TIFF...) in and out, through pyvips.
 
 The only module that imports pyvips. Writers write the path they are given; under which name
 a finished file appears is ``outputs``' job.
@@ -16,7 +16,7 @@ import pyvips
 
 from dn_cli.errors import InputError, OutputError, first_line
 from dn_cli.geometry import Box
-from dn_cli.images import ArrayImage, Canvas
+from dn_cli.images import Canvas, block_thumbnail
 from dn_cli.strip_tiff import strip_tiff_header
 
 SAVE_OPTIONS = {".png": {"compression": 6}, ".jpg": {"Q": 90}, ".jpeg": {"Q": 90}}
@@ -37,15 +37,50 @@ def _to_rgb8(image: pyvips.Image) -> pyvips.Image:
     return image[:3] if image.bands > 3 else image
 
 
-def open_image(path: Path) -> ArrayImage:
-    """Read an ordinary image file into memory as uint8 RGB."""
-    if not path.is_file():
-        raise InputError(f"input not found: {path}")
-    try:
-        image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on="truncated")
-        return ArrayImage(_to_rgb8(image).numpy(), mpp=_mpp(image))  # a damaged file fails, never reads grey
-    except pyvips.Error as e:
-        raise InputError(f"cannot read {path}: {unreadable(e)}") from e
+class VipsImage:
+    """An image file (PNG, JPEG, TIFF layouts ``tiff_image`` leaves out...) read by region through
+    libvips. Formats without random access are decoded once on opening: into memory when small,
+    into a temporary file when over 100 MB (libvips' rule), so a big file does not need its size in RAM.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise InputError(f"input not found: {path}")
+        self.path = path
+        try:
+            image = pyvips.Image.new_from_file(str(path), access="random", fail_on="truncated", revalidate=True)
+            self.mpp = _mpp(image)
+            self._image = _to_rgb8(image)
+            self._regions = threading.local()  # a libvips region serves one thread
+            self.read(Box(0, 0, 1, 1))  # decodes now: a damaged file fails here, never reads grey
+        except pyvips.Error as e:
+            raise InputError(f"cannot read {path}: {unreadable(e)}") from e
+        self.width, self.height = self._image.width, self._image.height
+
+    def __repr__(self) -> str:
+        return f"VipsImage({str(self.path)!r}, {self.width}×{self.height})"
+
+    def __enter__(self) -> VipsImage:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def read(self, box: Box) -> np.ndarray:
+        region = getattr(self._regions, "region", None)
+        if region is None:
+            region = self._regions.region = pyvips.Region.new(self._image)
+        try:
+            data = region.fetch(box.x, box.y, box.width, box.height)
+        except pyvips.Error as e:
+            raise InputError(f"cannot read {self.path.name}: {unreadable(e)}") from e
+        return np.frombuffer(data, np.uint8).reshape(box.height, box.width, 3)
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        return block_thumbnail(self, max_side)
+
+    def close(self) -> None:
+        self._image = None
 
 
 def unreadable(error: pyvips.Error) -> str:

@@ -56,6 +56,23 @@ def read_padded(source: ImageSource, box: Box) -> np.ndarray:
     return window[np.ix_(ys - y0, xs - x0)]
 
 
+def block_thumbnail(source: ImageSource, max_side: int, band_bytes: int = 16 << 20) -> np.ndarray:
+    """``source`` area-averaged by the smallest integer factor that fits ``max_side`` (a remainder
+    of fewer rows or columns than the factor is left out), read a band of rows at a time."""
+    factor = -(-max(source.width, source.height) // max_side)
+    if factor == 1:
+        return source.read(Box(0, 0, source.width, source.height))
+    h, w = source.height // factor * factor, source.width // factor * factor
+    rows = max(1, band_bytes // (w * 3 * factor)) * factor
+    bands = []
+    for y in range(0, h, rows):
+        pixels = source.read(Box(0, y, w, min(rows, h - y)))
+        n = len(pixels) // factor  # sums in integers, one axis at a time: exact, and fast on strided data
+        sums = pixels.reshape(n, factor, w * 3).sum(axis=1, dtype=np.uint32).reshape(n, w // factor, factor, 3)
+        bands.append((sums.sum(axis=2) / factor**2).round().astype(np.uint8))
+    return np.concatenate(bands) if bands else np.empty((0, w // factor, 3), np.uint8)
+
+
 def area_shrink(pixels: np.ndarray, width: int, height: int, scale: float) -> np.ndarray:
     """uint8 ``(height, width, 3)``: output pixel (i, j) is the exact area average of the input
     square ``[j·scale, (j+1)·scale) × [i·scale, (i+1)·scale)`` (partly covered pixels weighted by
@@ -108,13 +125,7 @@ class ArrayImage:
         self.close()
 
     def thumbnail(self, max_side: int) -> np.ndarray:
-        """Area-average by the smallest integer factor that fits ``max_side``."""
-        factor = -(-max(self.width, self.height) // max_side)
-        if factor == 1:
-            return self.pixels
-        h, w = self.height // factor * factor, self.width // factor * factor
-        blocks = self.pixels[:h, :w].reshape(h // factor, factor, w // factor, factor, 3)
-        return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+        return block_thumbnail(self, max_side)
 
 
 class Canvas:

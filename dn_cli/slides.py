@@ -18,6 +18,7 @@ from PIL import Image
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
 from dn_cli.images import area_shrink
+from dn_cli.levels import choose_resolution
 
 
 def is_slide(path: Path) -> bool:
@@ -63,37 +64,28 @@ class SlideImage:
         props = self._slide.properties
         recorded = props.get(openslide.PROPERTY_NAME_MPP_X)
         base_mpp = mpp_override or (float(recorded) if recorded else None)
-        if mpp is not None:
-            if base_mpp is None:
-                raise InputError(
-                    f"{path.name} records no pixel size: give it with --mpp-override (µm per pixel at full resolution)"
-                )
-            if mpp < base_mpp * (1 - 1e-6) and not allow_upsampling:
-                raise InputError(
-                    f"--mpp {mpp} is finer than {path.name} was scanned: its finest is {base_mpp:g} µm/px "
-                    "(upsampling invents no detail; --allow-upsampling does it anyway)"
-                )
-            self.level = self._slide.get_best_level_for_downsample(mpp / base_mpp + 1e-9)
-            self.scale = mpp / (base_mpp * self._slide.level_downsamples[self.level])
-        else:
-            self.level = level or 0
-            if not 0 <= self.level < self._slide.level_count:
-                raise InputError(f"{path.name} has levels 0 to {self._slide.level_count - 1}, not {self.level}")
-            self.scale = 1.0
-        # Total downsample from level 0 to the pixels this image serves.
-        self.downsample = self._slide.level_downsamples[self.level] * self.scale
-        self.mpp = base_mpp * self.downsample if base_mpp else None
         full_w, full_h = self._slide.dimensions
         self._x0 = int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0))
         self._y0 = int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0))
-        bounds_w = int(props.get(openslide.PROPERTY_NAME_BOUNDS_WIDTH, full_w))
-        bounds_h = int(props.get(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, full_h))
-        self.width, self.height = int(bounds_w / self.downsample), int(bounds_h / self.downsample)
-        if min(self.width, self.height) < 1:
-            coarsest = f"--mpp {base_mpp * min(bounds_w, bounds_h):g}" if mpp else "a finer level"
-            raise InputError(
-                f"{path.name} would be {self.width} × {self.height} pixels at this scale: use {coarsest} at most"
+        bounds = (
+            int(props.get(openslide.PROPERTY_NAME_BOUNDS_WIDTH, full_w)),
+            int(props.get(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, full_h)),
+        )
+        try:
+            chosen = choose_resolution(
+                path.name,
+                bounds,
+                list(self._slide.level_downsamples),
+                base_mpp,
+                level=level,
+                mpp=mpp,
+                allow_upsampling=allow_upsampling,
             )
+        except InputError:
+            self.close()
+            raise
+        self.level, self.scale, self.downsample, self.mpp = chosen.level, chosen.scale, chosen.downsample, chosen.mpp
+        self.width, self.height = chosen.width, chosen.height
         self.background = _hex_colour(props.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR))
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
 

@@ -1,13 +1,15 @@
-"""Open any input: whole-slide formats through OpenSlide, ordinary images through pyvips."""
+"""Open any input, read by region: whole-slide formats through OpenSlide, other TIFFs through
+tifffile, everything else through libvips."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dn_cli.errors import InputError
-from dn_cli.image_io import open_image
+from dn_cli.image_io import VipsImage
 from dn_cli.images import ImageSource
 from dn_cli.slides import SlideImage, is_slide
+from dn_cli.tiff_image import TiffImage, Unsupported, is_ome, is_tiff
 
 
 def open_source(
@@ -18,16 +20,23 @@ def open_source(
     mpp_override: float | None = None,
     allow_upsampling: bool = False,
 ) -> ImageSource:
-    """The image to translate: a slide at the chosen resolution, or an ordinary image in memory."""
+    """The image to translate, at the chosen resolution where the file has several."""
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image")
-    if is_slide(path):
-        return SlideImage(path, level=level, mpp=mpp, mpp_override=mpp_override, allow_upsampling=allow_upsampling)
+    resolution = {"level": level, "mpp": mpp, "mpp_override": mpp_override, "allow_upsampling": allow_upsampling}
+    tiff = is_tiff(path)
+    if is_slide(path) and not (tiff and is_ome(path)):  # OpenSlide sees one level of an OME-TIFF (SubIFDs)
+        return SlideImage(path, **resolution)
+    if tiff:
+        try:
+            return TiffImage(path, **resolution)
+        except Unsupported:
+            pass  # libvips reads it, as one level
     if level or mpp:
-        raise InputError(f"{path.name} is not a whole-slide image: --level and --mpp need one")
-    image = open_image(path)
+        raise InputError(f"{path.name} has one resolution only: --level and --mpp need a slide or a pyramidal TIFF")
+    image = VipsImage(path)
     if mpp_override:
         image.mpp = mpp_override
     return image

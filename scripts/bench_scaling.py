@@ -1,9 +1,11 @@
 """Time and peak memory of translating whole slides of growing size: linear and flat.
 
     python scripts/bench_scaling.py --sizes 2048 4096 8192 --plot docs/figures/scaling.svg
+    python scripts/bench_scaling.py --sizes 20000 --norms dn --layout stripped
 
 Each slide is scikit-image's IHC photograph repeated to ``size × size`` (real tissue), written as
-a JPEG tiled pyramidal TIFF at 0.5 µm/px. Every translation runs in a fresh process
+a JPEG tiled pyramidal TIFF at 0.5 µm/px (``--layout stripped``: one deflate-compressed stripped
+BigTIFF, the export OpenSlide cannot open, read strip by strip). Every translation runs in a fresh process
 (``dn translate`` with the bundled model, DN, tile 512, batch 4, pyramidal TIFF out) that
 reports its own wall time and peak resident set size.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,14 +31,25 @@ from svg_chart import Panel, Series, write_chart  # noqa: E402
 
 from dn_cli.provenance import sidecar_path  # noqa: E402
 
+LAYOUTS = {  # how the slide is stored: a tiled pyramid (what OpenSlide reads), or one stripped image
+    "pyramid": {"tile": True, "pyramid": True, "compression": "jpeg", "Q": 90},
+    "stripped": {"bigtiff": True, "compression": "deflate"},  # OpenSlide cannot open it: tifffile reads it
+}
 
-def make_slide(path: Path, size: int) -> None:
+
+def make_slide(path: Path, size: int, layout: str = "pyramid") -> None:
     tissue = pyvips.Image.new_from_array(
         np.ascontiguousarray(skimage.data.immunohistochemistry()), interpretation="srgb"
     )
     repeats = -(-size // 512)
     image = tissue.replicate(repeats, repeats).crop(0, 0, size, size)
-    image.tiffsave(str(path), tile=True, pyramid=True, compression="jpeg", Q=90, xres=2000, yres=2000, resunit="cm")
+    image.tiffsave(str(path), xres=2000, yres=2000, resunit="cm", **LAYOUTS[layout])
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM: unlike ru_maxrss, not the parent's at fork time)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmHWM"].split()[0]) / 1024
 
 
 def child(args: list[str]) -> None:
@@ -49,7 +61,7 @@ def child(args: list[str]) -> None:
     seconds = time.perf_counter() - start
     print(
         json.dumps(
-            {"exit": code, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            {"exit": code, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
         )
     )
 
@@ -98,13 +110,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--norms", nargs="+", default=["dn", "in"])
+    parser.add_argument("--layout", choices=LAYOUTS, default="pyramid", help="how the slide is stored")
     parser.add_argument("--plot", type=Path, help="write the time and memory chart here (SVG)")
     args = parser.parse_args()
     results: dict[int, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             slide = Path(tmp) / f"slide_{size}.tif"
-            make_slide(slide, size)
+            make_slide(slide, size, args.layout)
             results[size] = {}
             for norm in args.norms:
                 run = results[size][norm] = run_translation(slide, Path(tmp) / f"out_{size}_{norm}.tif", norm)
@@ -121,7 +134,8 @@ def main() -> None:
             f"time {b['seconds'] / a['seconds']:.1f}×, peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}×"
         )
     if args.plot:
-        plot(results, args.plot, f"dn translate, bundled model, tile 512, batch 4, CPU: {machine()}")
+        caption = f"dn translate, bundled model, tile 512, batch 4, {args.layout} TIFF, CPU: {machine()}"
+        plot(results, args.plot, caption)
     print(json.dumps(results))
 
 
