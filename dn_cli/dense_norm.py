@@ -8,6 +8,7 @@ batch item and blends them per feature pixel (DESIGN.md §4).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,6 +53,9 @@ class NormContext:
             have recorded, stop the forward (:class:`MomentsRecorded`): the rest of the network
             cannot change what was recorded (0: never stop).
         weighting: ``bilinear`` for DN, ``flat`` (mean of the valid neighbours) for KIN.
+        inside: while recording, for each batch item the part of its padded tile that lies in the
+            image, as fractions of the side (top, bottom, left, right); a tile with a part outside
+            (mirrored image) records the moments of its in-image part only. None: all are whole.
     """
 
     tile_size: int = 512
@@ -61,6 +65,7 @@ class NormContext:
     layers: int = 0
     weighting: Weighting = "bilinear"
     neighbourhood: Neighbourhood | None = None
+    inside: list[tuple[float, float, float, float]] | None = None
     recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
@@ -138,11 +143,33 @@ class DenseNorm2d(nn.Module):
         y, mean, inv_std = torch.native_batch_norm(
             x.reshape(1, b * c, h, w), weight, bias, None, None, True, 0.0, self.eps
         )
+        y, mean, inv_std = y.view(b, c, h, w), mean.view(b, c), inv_std.view(b, c)
         if self.context.record:
-            self.context.recorded[self.index] = (mean.view(b, c), inv_std.view(b, c))
+            if self.context.inside is not None:
+                y, mean, inv_std = self._in_image_part(x, y, mean, inv_std, self.context.inside)
+            self.context.recorded[self.index] = (mean, inv_std)
             if len(self.context.recorded) == self.context.layers:
                 raise MomentsRecorded
-        return y.view(b, c, h, w)
+        return y
+
+    def _in_image_part(
+        self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, inside: list
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tiles that reach past the image normalised with, and recording, the moments of the
+        feature pixels whose centres lie in the image (mirrored content would bias them). One tile
+        at a time: a tile's moments never depend on the batch it came in."""
+        y, mean, inv_std = y.clone(), mean.clone(), inv_std.clone()
+        h, w = x.shape[2:]
+        for i, (top, bottom, left, right) in enumerate(inside):
+            if (top, bottom, left, right) == (0, 1, 0, 1):
+                continue
+            rows, cols = _span(top, bottom, h), _span(left, right, w)
+            var, mean[i] = torch.var_mean(x[i, :, rows, cols], dim=(1, 2), correction=0)
+            inv_std[i] = torch.rsqrt(var + self.eps)
+            y[i] = (x[i] - mean[i][:, None, None]) * inv_std[i][:, None, None]
+            if self.weight is not None:
+                y[i] = y[i] * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
+        return y, mean, inv_std
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
         nb = self.context.neighbourhood
@@ -163,6 +190,16 @@ class DenseNorm2d(nn.Module):
             wy, wx = (axis_weights(n, c.tile_size, c.margin, c.weighting).to(device, torch.float32) for n in (h, w))
             self._weights_cache[key] = (wy.T.contiguous(), wx)
         return self._weights_cache[key]
+
+
+def _span(start: float, stop: float, n: int) -> slice:
+    """The feature pixels of an axis of ``n`` whose centres lie in ``[start, stop)`` (fractions of
+    the side); at least the one nearest the part's middle, as a sliver may hold no centre."""
+    first, end = math.ceil(start * n - 0.5), math.ceil(stop * n - 0.5)
+    if end <= first:
+        first = min(n - 1, int((start + stop) / 2 * n))
+        end = first + 1
+    return slice(first, end)
 
 
 def convert_instance_norm(module: nn.Module, context: NormContext) -> tuple[nn.Module, list[DenseNorm2d]]:

@@ -65,7 +65,9 @@ class TileRunner:
             except MomentsRecorded:  # collecting: the layers after the last norm were skipped
                 return x
 
-    def _run(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(
+        self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, inside: list | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(output, packed moments when recording) of a batch, in forwards of at most ``max_batch``
         tiles: a batch too big for the device's memory or a kernel's index range is split in
         halves until it fits, and later batches start at the size that fit."""
@@ -74,6 +76,7 @@ class TileRunner:
         while start < len(tiles):
             part = slice(start, start + self.max_batch)
             self.context.neighbourhood = None if neighbourhood is None else neighbourhood.slice(part)
+            self.context.inside = None if inside is None else inside[part]
             self.context.recorded.clear()
             try:
                 outputs.append(self._forward(tiles[part]))
@@ -94,16 +97,22 @@ class TileRunner:
             if self.context.record:
                 moments.append(self.layout.pack(self.context.recorded))
             start = part.stop
-        self.context.neighbourhood = None
+        self.context.neighbourhood = self.context.inside = None
         self.context.recorded.clear()
         output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         return output, (None if not moments else moments[0] if len(moments) == 1 else torch.cat(moments))
 
-    def collect(self, tiles: np.ndarray) -> torch.Tensor:
-        """Per-tile moments of every norm layer, ``(B, 2, C_total)``, under patch-wise IN."""
+    def collect(self, tiles: np.ndarray, inside: list[tuple[float, float, float, float]] | None = None) -> torch.Tensor:
+        """Per-tile moments of every norm layer, ``(B, 2, C_total)``, under patch-wise IN.
+
+        Args:
+            inside: the in-image part of each tile (``TileGrid.inside``): tiles that reach past
+                the image's edge take the moments of that part only.
+        """
         self.context.mode, self.context.record = "plain", True
+        whole = inside is None or all(part == (0, 1, 0, 1) for part in inside)
         try:
-            return self._run(tiles, None)[1]
+            return self._run(tiles, None, None if whole else inside)[1]
         finally:
             self.context.record = False
 
@@ -325,7 +334,7 @@ def translate(
                     if step.kind == "collect":
                         batch, flat = pending[step.tiles.start] = reader.read(tiles)
                         oldest_needed_row = grid.position(applied)[0] - 1
-                        packed = runner.collect(batch)
+                        packed = runner.collect(batch, [grid.inside(*grid.position(i)) for i in tiles])
                         if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
                             if image_moments is None:
                                 image_moments = runner.image_moments(source, grid.padded_size)[0]

@@ -131,10 +131,10 @@ class SlideImage:
         factor = max(self.width, self.height) / max_side
         level = self._slide.get_best_level_for_downsample(self.downsample * max(factor, 1))
         level_ds = self._slide.level_downsamples[level]
-        region = self._slide.read_region(
-            (self._x0, self._y0),
-            level,
-            (math.ceil(self.width * self.downsample / level_ds), math.ceil(self.height * self.downsample / level_ds)),
-        )
+        size = (math.ceil(self.width * self.downsample / level_ds), math.ceil(self.height * self.downsample / level_ds))
+        try:
+            region = self._slide.read_region((self._x0, self._y0), level, size)
+        except openslide.OpenSlideError as e:
+            raise InputError(f"cannot read {self.path.name} (level {level}): {e}") from e
         size = (max(1, round(self.width / max(factor, 1))), max(1, round(self.height / max(factor, 1))))
         return self._opaque(np.asarray(region.resize(size, Image.Resampling.BOX)))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from dn_cli.geometry import TileGrid
 
 THUMBNAIL_MPP = 8.0  # µm per thumbnail pixel: a 100,000-pixel slide at 0.25 µm/px gives 3,125 pixels
+MAX_THUMBNAIL = 4096  # pixels: bounds memory where a file's pixel size is a default like 72 dpi
 THRESHOLD_RANGE = (0.03, 0.05)  # where Otsu's saturation threshold is kept (see above)
 
 
@@ -91,7 +92,7 @@ def select_tiles(
     """
     longest = max(grid.width, grid.height)
     mpp = getattr(source, "mpp", None)
-    side = max(64, round(longest * mpp / THUMBNAIL_MPP)) if mpp else 1024
+    side = min(MAX_THUMBNAIL, max(64, round(longest * mpp / THUMBNAIL_MPP))) if mpp else 1024
     thumbnail = source.thumbnail(side)
     thumb_mpp = mpp * longest / max(thumbnail.shape[:2]) if mpp else None
     mask = tissue_mask(thumbnail, thumb_mpp, min_area_um2) if thumb_mpp else tissue_mask(thumbnail, 1.0, 4 * math.pi)

@@ -59,11 +59,7 @@ def child(args: list[str]) -> None:
     start = time.perf_counter()
     code = cli.main(args, standalone_mode=False)
     seconds = time.perf_counter() - start
-    print(
-        json.dumps(
-            {"exit": code, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
-        )
-    )
+    print(json.dumps({"exit": code, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
 
 
 def run_translation(slide: Path, out: Path, norm: str) -> dict:

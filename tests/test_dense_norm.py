@@ -168,3 +168,36 @@ def test_statistics_stay_float32_under_reduced_precision():
     assert y.dtype == torch.bfloat16
     assert context.recorded[0][0].dtype == torch.float32
     torch.testing.assert_close(y.float(), nn.functional.instance_norm(x.float()), atol=0.05, rtol=0.02)
+
+
+def test_tiles_past_the_image_edge_record_the_moments_of_their_in_image_part(generator, tissue):
+    """The top-left tile of a 64-pixel grid (margin 16): its padded box starts 16 pixels before the
+    image. Every norm layer records, for it, the moments of the feature pixels inside the image;
+    an interior tile records those of its whole padded box, as plain InstanceNorm does."""
+    from dn_cli.geometry import TileGrid
+    from dn_cli.images import ArrayImage, read_padded
+
+    runner = TileRunner(generator, torch.device("cpu"))
+    grid = TileGrid(256, 256, 64, 16)
+    tiles = np.stack([read_padded(ArrayImage(tissue[:256, :256]), grid.padded_box(*grid.position(i))) for i in (0, 5)])
+    inside = [grid.inside(*grid.position(i)) for i in (0, 5)]
+    assert inside == [(16 / 96, 1, 16 / 96, 1), (0, 1, 0, 1)]
+    seen = {}
+
+    def keep(layer, inputs, _output):
+        seen[layer.index] = (inputs[0].clone(), layer.context.recorded[layer.index])
+
+    layers = [m for m in runner.module.modules() if isinstance(m, DenseNorm2d)]
+    hooks = [layer.register_forward_hook(keep) for layer in layers]
+    runner.collect(tiles, inside)
+    for h in hooks:
+        h.remove()
+    for index, (x, (mean, inv_std)) in seen.items():
+        first = round(x.shape[2] * 16 / 96 + 0.5 - 1e-9)  # the first feature pixel centred in the image
+        var, expected_mean = torch.var_mean(x[0, :, first:, first:], dim=(1, 2), correction=0)
+        torch.testing.assert_close(mean[0], expected_mean, atol=1e-5, rtol=1e-5, msg=f"layer {index}")
+        torch.testing.assert_close(inv_std[0], torch.rsqrt(var + layers[index].eps), atol=1e-4, rtol=1e-4)
+        var, expected_mean = torch.var_mean(x[1], dim=(1, 2), correction=0)  # the interior tile: all of it
+        torch.testing.assert_close(mean[1], expected_mean, atol=1e-5, rtol=1e-5)
+    # Every layer but the last, whose recording ends the pass before its hook runs; every scale.
+    assert len(seen) == len(layers) - 1 and {x.shape[2] for x, _ in seen.values()} == {96, 48, 24}

@@ -1,6 +1,7 @@
 """Vendor slide formats written at test time by real writer libraries, read through OpenSlide."""
 
 import json
+import warnings
 
 import numpy as np
 import openslide
@@ -88,3 +89,62 @@ def test_tissue_detection_on_the_svs_skips_the_glass(tmp_path, svs, checkpoint):
     result = translate(svs, "-o", tmp_path / "out.tif", "--model", checkpoint, "--json")
     record = json.loads(result.stdout)
     assert record["tiles"] == 24 and 0 < record["tiles_skipped"] <= 8  # the glass third: 8 of 24 tiles at most
+
+
+@pytest.fixture(scope="module")
+def dicom(tmp_path_factory, svs):
+    """The SVS converted to a DICOM WSI series (one file per level) by wsidicomizer, reading the
+    SVS through tiffslide (its opentile reader would need the system's libturbojpeg)."""
+    folder = tmp_path_factory.mktemp("dicom") / "case"
+    folder.mkdir()
+    with warnings.catch_warnings():  # pydicom's deprecations inside the writer, not dn's concern
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from wsidicomizer import WsiDicomizer
+        from wsidicomizer.sources import TiffSlideSource
+
+        files = WsiDicomizer.convert(
+            svs,
+            folder,
+            tile_size=64,
+            add_missing_levels=True,
+            include_levels=[0, 1, 2, 3],  # whole tiles only: its partial edge tiles, OpenSlide refuses
+            include_label=False,
+            include_overview=False,
+            include_thumbnail=False,
+            preferred_source=TiffSlideSource,
+        )
+    assert len(files) == 4  # levels 1536, 768, 384, 192 wide
+    return folder
+
+
+def test_openslide_reads_the_dicom_series_with_its_pixel_size(dicom):
+    instance = sorted(dicom.glob("*.dcm"))[0]
+    with openslide.OpenSlide(str(instance)) as slide:  # any file of the series opens all of it
+        assert slide.properties["openslide.vendor"] == "dicom"
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.499)
+        assert slide.level_dimensions == tuple((1536 >> k, 1024 >> k) for k in range(4))
+    info = json.loads(CliRunner().invoke(cli, ["info", str(instance), "--json"]).stdout)
+    assert (info["format"], info["mpp"], info["levels"]) == ("dicom", pytest.approx(0.499), 4)
+
+
+@pytest.mark.parametrize(
+    "args,size,mpp",
+    [
+        ([], (1536, 1024), 0.499),
+        (["--level", "1"], (768, 512), 0.499 * 2),
+        (["--mpp", "1.5"], (510, 340), 1.5),  # level 1 (0.998) shrunk by 1.503
+    ],
+)
+def test_dicom_folder_translated_once_at_the_chosen_scale(tmp_path, dicom, checkpoint, args, size, mpp):
+    out = tmp_path / "out"
+    result = translate(dicom, "-o", out, "--model", checkpoint, "--json", *args)
+    assert result.exit_code == 0, result.output
+    outputs = sorted(out.glob("*.tif"))
+    assert len(outputs) == 1  # a series of four files is one slide
+    with openslide.OpenSlide(str(outputs[0])) as slide:
+        assert slide.dimensions == size
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(mpp, rel=1e-6)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert json.loads(outputs[0].with_name(outputs[0].name + ".json").read_text())["tissue_tiles"] is not None
+    if not args:  # the glass third: some of the 24 tiles (at coarser scales tissue reaches every column)
+        assert record["tiles_skipped"] > 0

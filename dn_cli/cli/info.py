@@ -13,6 +13,8 @@ from dn_cli.geometry import default_margin
 from dn_cli.image_io import image_info
 from dn_cli.models import families, load_generator
 from dn_cli.slides import SlideImage, is_slide
+from dn_cli.sources import open_source
+from dn_cli.tiff_image import is_ome, is_tiff
 
 MODEL_SUFFIXES = {".pth", ".pt", ".ckpt", ".pkl", ".bin", ".tar"}
 
@@ -59,17 +61,19 @@ def info(*, path: Path, arch: str | None, trust_code: bool, as_json: bool) -> No
         raise InputError(f"{path} is a folder: dn info describes one model, slide or image file")
     if path.suffix.lower() in MODEL_SUFFIXES:
         record = model_info(path, arch, trust_code)
-    elif path.exists() and is_slide(path):
-        with SlideImage(path) as slide:
+    elif path.exists() and (is_slide(path) or is_tiff(path)):
+        with open_source(path) as source:  # what translate reads: OpenSlide's levels, or tifffile's
+            if not hasattr(source, "levels"):
+                return print_record(image_info(path), as_json)
             record = {
                 "path": str(path),
-                "kind": "slide",
-                "format": slide.vendor,
-                "width": slide.width,
-                "height": slide.height,
-                "levels": len(slide.levels),
-                "level_sizes": slide.levels,
-                "mpp": slide.mpp,
+                "kind": "slide" if isinstance(source, SlideImage) else "tiff",
+                "format": getattr(source, "vendor", None) or ("ome-tiff" if is_ome(path) else "tiff"),
+                "width": source.width,
+                "height": source.height,
+                "levels": len(source.levels),
+                "level_sizes": source.levels,
+                "mpp": source.mpp,
             }
     else:
         record = image_info(path)

@@ -29,6 +29,7 @@ from dn_cli.preview import side_by_side
 from dn_cli.provenance import provenance, read_sidecar, write_sidecar
 from dn_cli.slides import SlideImage
 from dn_cli.sources import open_source
+from dn_cli.tiff_image import TiffImage
 from dn_cli.tissue import overlay, select_tiles
 
 PREVIEW_SIDE = 800
@@ -103,7 +104,8 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
         ) as source:
             grid = fit_grid(source.width, source.height, s.tile_size, s.margin, runner.stride, runner.min_size)
             active = mask = None
-            detect = s.tissue if s.tissue is not None else isinstance(source, SlideImage) or job.tissue_mask is not None
+            slide = isinstance(source, (SlideImage, TiffImage))  # TIFFs OpenSlide leaves out are slide exports too
+            detect = s.tissue if s.tissue is not None else slide or job.tissue_mask is not None
             if detect:
                 active, mask, thumbnail = select_tiles(source, grid, min_tissue=s.min_tissue)
                 if not active.any():  # tissue too faint to see: erasing the whole image would be worse
