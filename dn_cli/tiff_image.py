@@ -7,6 +7,7 @@ The only module that imports tifffile (for the file's layout and its codecs).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -21,6 +22,8 @@ from dn_cli.errors import InputError
 from dn_cli.geometry import Box
 from dn_cli.images import area_shrink, block_thumbnail
 from dn_cli.levels import choose_resolution
+
+logging.getLogger("tifffile").addHandler(logging.NullHandler())  # dn says what is wrong with a file itself
 
 SEGMENT_LIMIT = 64 << 20  # a strip or tile bigger than this decoded is left to libvips
 CACHE_BYTES = 32 << 20  # at least this much of decoded segments kept: a band of strips serves a row of tiles

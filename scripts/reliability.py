@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyvips
 import skimage.data
+import tifffile
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +135,16 @@ def text_file(d: Path) -> None:
 
 def truncated_png(d: Path) -> None:
     (d / "cut.png").write_bytes((d / "in.png").read_bytes()[:2000])
+
+
+def stripped_tiff(d: Path) -> None:
+    tifffile.imwrite(d / "strips.tif", tissue(), photometric="rgb", compression="zlib", rowsperstrip=16, bigtiff=True)
+
+
+def truncated_tiff(d: Path) -> None:
+    stripped_tiff(d)
+    data = (d / "strips.tif").read_bytes()
+    (d / "cut.tif").write_bytes(data[: len(data) * 2 // 3])
 
 
 def alpha_png(d: Path) -> None:
@@ -315,6 +326,9 @@ CASES = [
     Case("text file as input", ["notes.txt", "-o", "o.tif", *M], False, [text_file], fragment="cannot read"),
     Case("truncated PNG", ["cut.png", "-o", "o.tif", *M], False, [truncated_png]),
     Case("empty PNG", ["empty.png", "-o", "o.tif", *M], False, [empty_file("empty.png")]),
+    Case("stripped BigTIFF", ["strips.tif", "-o", "o.tif", *M], True, [stripped_tiff], ["o.tif"]),
+    Case("truncated stripped TIFF", ["cut.tif", "-o", "o.tif", *M], False, [truncated_tiff], fragment="damaged"),
+    Case("--level 9 on a stripped TIFF", ["strips.tif", "-o", "o.tif", "--level", "9", *M], False, [stripped_tiff]),
     Case("PNG with alpha", ["alpha.png", "-o", "o.tif", *M], True, [alpha_png], ["o.tif"]),
     Case("greyscale PNG", ["grey.png", "-o", "o.tif", *M], True, [grey_png], ["o.tif"]),
     Case("16-bit PNG", ["deep.png", "-o", "o.tif", *M], True, [png16], ["o.tif"]),
