@@ -16,7 +16,7 @@ import pyvips
 
 from dn_cli.errors import InputError, OutputError, first_line
 from dn_cli.geometry import Box
-from dn_cli.images import Canvas, block_thumbnail
+from dn_cli.images import Canvas, ClosedOnExit, block_thumbnail
 from dn_cli.strip_tiff import strip_tiff_header
 
 SAVE_OPTIONS = {".png": {"compression": 6}, ".jpg": {"Q": 90}, ".jpeg": {"Q": 90}}
@@ -37,7 +37,7 @@ def _to_rgb8(image: pyvips.Image) -> pyvips.Image:
     return image[:3] if image.bands > 3 else image
 
 
-class VipsImage:
+class VipsImage(ClosedOnExit):
     """An image file (PNG, JPEG, TIFF layouts ``tiff_image`` leaves out...) read by region through
     libvips. Formats without random access are decoded once on opening: into memory when small,
     into a temporary file when over 100 MB (libvips' rule), so a big file does not need its size in RAM.
@@ -59,12 +59,6 @@ class VipsImage:
 
     def __repr__(self) -> str:
         return f"VipsImage({str(self.path)!r}, {self.width}×{self.height})"
-
-    def __enter__(self) -> VipsImage:
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.close()
 
     def read(self, box: Box) -> np.ndarray:
         region = getattr(self._regions, "region", None)

@@ -92,7 +92,20 @@ def _area_axis(a: np.ndarray, size: int, scale: float, axis: int) -> np.ndarray:
     return np.moveaxis(np.diff(at_edges, axis=0) / scale, 0, axis)
 
 
-class ArrayImage:
+class ClosedOnExit:
+    """A source used as a context manager: ``with open_source(path) as source:`` closes it."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+class ArrayImage(ClosedOnExit):
     """An RGB image held in memory as a ``(height, width, 3)`` uint8 array."""
 
     def __init__(self, pixels: np.ndarray, mpp: float | None = None) -> None:
@@ -114,15 +127,6 @@ class ArrayImage:
 
     def read(self, box: Box) -> np.ndarray:
         return self.pixels[box.y : box.y + box.height, box.x : box.x + box.width]
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> ArrayImage:
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.close()
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         return block_thumbnail(self, max_side)

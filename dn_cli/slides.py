@@ -17,7 +17,7 @@ from PIL import Image
 
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
-from dn_cli.images import area_shrink
+from dn_cli.images import ClosedOnExit, area_shrink
 from dn_cli.levels import choose_resolution
 
 
@@ -34,7 +34,7 @@ def _hex_colour(value: str | None) -> np.ndarray:
     return np.array([int(value[i : i + 2], 16) for i in (0, 2, 4)], np.uint16)
 
 
-class SlideImage:
+class SlideImage(ClosedOnExit):
     """One resolution of a whole-slide image, readable by region.
 
     Args:
@@ -91,12 +91,6 @@ class SlideImage:
 
     def __repr__(self) -> str:
         return f"SlideImage({str(self.path)!r}, level={self.level}, {self.width}×{self.height}, mpp={self.mpp})"
-
-    def __enter__(self) -> SlideImage:
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.close()
 
     def close(self) -> None:
         self._slide.close()

@@ -20,7 +20,7 @@ import tifffile
 
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
-from dn_cli.images import area_shrink, block_thumbnail
+from dn_cli.images import ClosedOnExit, area_shrink, block_thumbnail
 from dn_cli.levels import choose_resolution
 
 logging.getLogger("tifffile").addHandler(logging.NullHandler())  # dn says what is wrong with a file itself
@@ -71,9 +71,9 @@ class _Level:
         self.across = math.ceil(self.width / self.segment_width)
         if self.segment_height * self.segment_width * samples > SEGMENT_LIMIT:
             raise Unsupported(f"strips of {self.segment_height} rows")
-        self._decode_args = {"_fullsize": page.is_tiled}
+        self._decode_args = {}  # tiles at the image's edge may come back cropped: readers clip to the shape
         if page.compression in _JPEG:
-            self._decode_args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+            self._decode_args = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
 
     def decode(self, index: int) -> np.ndarray:
         """Segment ``index`` as ``(rows, columns, samples)`` uint8 (white where the file has none)."""
@@ -87,10 +87,18 @@ class _Level:
             segment = self.page.decode(data, index, **self._decode_args)[0]
         except Exception as e:  # codecs raise their own kinds on damaged data
             raise InputError(f"cannot read {self.name}: damaged or incomplete ({e})") from e
-        return segment.reshape(segment.shape[-3:])
+        segment = segment.reshape(segment.shape[-3:])
+        y0, x0 = divmod(index, self.across)
+        expected = (
+            min(self.segment_height, self.height - y0 * self.segment_height),
+            min(self.segment_width, self.width - x0 * self.segment_width),
+        )
+        if segment.shape[0] < expected[0] or segment.shape[1] < expected[1]:  # never fill with whatever memory held
+            raise InputError(f"cannot read {self.name}: damaged or incomplete (segment {index} is {segment.shape[:2]})")
+        return segment
 
 
-class TiffImage:
+class TiffImage(ClosedOnExit):
     """One resolution of a TIFF, read by region through its strips or tiles.
 
     Arguments as :class:`dn_cli.slides.SlideImage`; the levels are tifffile's pyramid of the
@@ -142,12 +150,6 @@ class TiffImage:
 
     def __repr__(self) -> str:
         return f"TiffImage({str(self.path)!r}, level={self.level}, {self.width}×{self.height}, mpp={self.mpp})"
-
-    def __enter__(self) -> TiffImage:
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.close()
 
     def close(self) -> None:
         self._tif.close()

@@ -272,31 +272,33 @@ class Sleepy(nn.Module):
 
 class SlowImage(ArrayImage):
     def read(self, box):
-        time.sleep(0.01)  # a slide decoding tiles
+        time.sleep(0.04)  # a slide decoding tiles
         return super().read(box)
 
 
 class SlowCanvas(Canvas):
     def write(self, box, pixels):
-        time.sleep(0.05)  # an encoder
+        time.sleep(0.2)  # an encoder
         super().write(box, pixels)
 
 
 def test_stages_overlap_so_the_slowest_sets_the_pace(tissue):
-    # 16 tiles, one per batch: the model waits 0.05 s a forward, the writer 0.05 s a tile and the
-    # reads 0.01 s a tile. One after the other that is at least 1.76 s; overlapped, the slowest
-    # stage (0.8 s) and one step of filling the pipe.
+    # 16 tiles, one per batch: the model waits 0.2 s a forward, the writer 0.2 s a tile and the
+    # reads 0.04 s a tile. One after the other that is at least 7 s; overlapped, the slowest
+    # stage (3.2 s) and one step of filling the pipe (waits long against the real compute, so a
+    # busy machine does not blur the difference).
     from dn_cli.models import Generator
 
     runner = TileRunner(Generator(Sleepy(make_generator().module, 0.0), "x", {}, 4), CPU)
-    runner.module.seconds = 0.05  # not while dn probes the model at load
+    runner.module.seconds = 0.2  # not while dn probes the model at load
     image = SlowImage(np.ascontiguousarray(tissue[:256, :256]))
     canvas = SlowCanvas(256, 256)
     start = time.perf_counter()
     translate(image, canvas, runner, policy="in", tile_size=64, batch_size=1)
     elapsed = time.perf_counter() - start
-    sequential = 16 * (0.05 + 0.05 + 0.01)
+    sequential = 16 * (0.2 + 0.2 + 0.04)
     assert elapsed < 0.75 * sequential, f"{elapsed:.2f} s: the stages ran one after the other"
+    runner.module.seconds = 0.0
     plain = run(np.ascontiguousarray(tissue[:256, :256]), runner, policy="in", tile_size=64, batch_size=1)
     np.testing.assert_array_equal(canvas.pixels, plain)
 
