@@ -91,30 +91,45 @@ def test_tissue_detection_on_the_svs_skips_the_glass(tmp_path, svs, checkpoint):
     assert record["tiles"] == 24 and 0 < record["tiles_skipped"] <= 8  # the glass third: 8 of 24 tiles at most
 
 
-@pytest.fixture(scope="module")
-def dicom(tmp_path_factory, svs):
+def dicomize(svs, folder, levels: list[int]) -> list[str]:
     """The SVS converted to a DICOM WSI series (one file per level) by wsidicomizer, reading the
-    SVS through tiffslide (its opentile reader would need the system's libturbojpeg)."""
-    folder = tmp_path_factory.mktemp("dicom") / "case"
+    SVS through tiffslide (its opentile reader would need the system's libturbojpeg); 64-pixel
+    tiles, levels made by halving."""
     folder.mkdir()
     with warnings.catch_warnings():  # pydicom's deprecations inside the writer, not dn's concern
         warnings.simplefilter("ignore", DeprecationWarning)
         from wsidicomizer import WsiDicomizer
         from wsidicomizer.sources import TiffSlideSource
 
-        files = WsiDicomizer.convert(
+        return WsiDicomizer.convert(
             svs,
             folder,
             tile_size=64,
             add_missing_levels=True,
-            include_levels=[0, 1, 2, 3],  # whole tiles only: its partial edge tiles, OpenSlide refuses
+            include_levels=levels,
             include_label=False,
             include_overview=False,
             include_thumbnail=False,
             preferred_source=TiffSlideSource,
         )
-    assert len(files) == 4  # levels 1536, 768, 384, 192 wide
+
+
+@pytest.fixture(scope="module")
+def dicom(tmp_path_factory, svs):
+    folder = tmp_path_factory.mktemp("dicom") / "case"
+    assert len(dicomize(svs, folder, [0, 1, 2, 3])) == 4  # levels 1536, 768, 384, 192 wide: whole tiles
     return folder
+
+
+def test_a_dicom_level_openslide_cannot_decode_is_one_line(tmp_path, svs, checkpoint):
+    # Level 4 (96 × 64) is a tile and a half wide; the writer stores the half tile cropped, which
+    # OpenSlide refuses to decode. The tissue thumbnail comes from that level: the error names the file and the level.
+    folder = tmp_path / "case"
+    dicomize(svs, folder, [0, 1, 2, 3, 4])
+    result = translate(sorted(folder.glob("*.dcm"))[0], "-o", tmp_path / "out.tif", "--model", checkpoint)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("dn: error: cannot read") and "(level 4)" in result.stderr
+    assert "unexpected" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_openslide_reads_the_dicom_series_with_its_pixel_size(dicom):
