@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU measurement of dn, run on the GPU machine from the checkout's root: bash scripts/gpu_measure.sh
-# Needs the wheels in .gpu/whl (see ../shared/gpu/README.md). Appends its output to $LOG.
+# Needs the wheels in .gpu/whl (see ../shared/gpu/README.md; add imagecodecs there for TIFF inputs
+# OpenSlide does not open). Appends its output to $LOG.
 # Issue 11's figures: CUDA tests, dn bench (bundled and CycleGAN-size model, batch sweep), and
 # dn translate on a 16384² slide with GPU utilisation. Not yet run: no GPU was lent so far.
 set -u
