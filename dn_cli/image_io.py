@@ -7,6 +7,7 @@ a finished file appears is ``outputs``' job.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -81,6 +82,9 @@ def unreadable(error: pyvips.Error) -> str:
     """Why libvips could not read a file, in words."""
     if "unable to load from file" in str(error):
         return "not a slide or image format dn reads (or damaged)"
+    if temporary := re.search(r'unable to write to "([^"]+)"', str(error)):  # big pictures decode to a file
+        folder = Path(temporary[1]).parent
+        return f"no room to decode it in {folder} ({vips_reason(error)}): point TMPDIR at a folder with space"
     return f"damaged or incomplete ({vips_reason(error)})"
 
 

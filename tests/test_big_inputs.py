@@ -2,6 +2,7 @@
 read region by region, so memory holds what is being translated, not the whole image."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -164,3 +165,18 @@ def test_a_big_stripped_tiff_is_read_without_holding_it(tmp_path, tissue):
     done = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, check=True)
     peak = int(done.stdout.strip())
     assert peak < 4096 * 24576 * 3 / 2, f"peak RSS {peak / 2**20:.0f} MB"
+
+
+def test_a_big_picture_without_temporary_space_says_so(tmp_path, tissue, checkpoint):
+    """A PNG decoded into over 100 MB goes to a temporary file (libvips): where TMPDIR cannot
+    take it, the one line says so rather than calling the picture damaged."""
+    big = tmp_path / "big.png"
+    pyvips.Image.new_from_array(np.ascontiguousarray(tissue), interpretation="srgb").replicate(12, 12).pngsave(
+        str(big), compression=1
+    )
+    command = [sys.executable, "-m", "dn_cli", "translate", str(big), "-o", str(tmp_path / "o.tif")]
+    env = {**os.environ, "TMPDIR": str(tmp_path / "missing")}
+    result = subprocess.run([*command, "--model", str(checkpoint), "-q"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "no room to decode it in" in result.stderr and "TMPDIR" in result.stderr
+    assert "damaged" not in result.stderr
