@@ -73,11 +73,13 @@ def block_thumbnail(source: ImageSource, max_side: int, band_bytes: int = 16 << 
     return np.concatenate(bands) if bands else np.empty((0, w // factor, 3), np.uint8)
 
 
-def area_shrink(pixels: np.ndarray, width: int, height: int, scale: float) -> np.ndarray:
+def area_shrink(pixels: np.ndarray, width: int, height: int, scale: float | tuple[float, float]) -> np.ndarray:
     """uint8 ``(height, width, 3)``: output pixel (i, j) is the exact area average of the input
-    square ``[j·scale, (j+1)·scale) × [i·scale, (i+1)·scale)`` (partly covered pixels weighted by
-    the part covered). ``pixels`` must hold at least ``ceil(width · scale)`` columns, likewise rows."""
-    out = _area_axis(_area_axis(pixels.astype(np.float64), height, scale, 0), width, scale, 1)
+    rectangle ``[j·sx, (j+1)·sx) × [i·sy, (i+1)·sy)`` (partly covered pixels weighted by the part
+    covered), ``scale`` being ``sx = sy`` or ``(sx, sy)``. ``pixels`` must hold at least
+    ``ceil(width · sx)`` columns and ``ceil(height · sy)`` rows."""
+    sx, sy = scale if isinstance(scale, tuple) else (scale, scale)
+    out = _area_axis(_area_axis(pixels.astype(np.float64), height, sy, 0), width, sx, 1)
     return np.rint(out).astype(np.uint8)
 
 

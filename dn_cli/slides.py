@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import openslide
-from PIL import Image
 
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
@@ -122,13 +121,13 @@ class SlideImage(ClosedOnExit):
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         """The image shrunk so its longer side is at most ``max_side``, from the coarsest level that suffices."""
-        factor = max(self.width, self.height) / max_side
-        level = self._slide.get_best_level_for_downsample(self.downsample * max(factor, 1))
+        shrink = max(1.0, max(self.width, self.height) / max_side)
+        level = self._slide.get_best_level_for_downsample(self.downsample * shrink)
         level_ds = self._slide.level_downsamples[level]
-        size = (math.ceil(self.width * self.downsample / level_ds), math.ceil(self.height * self.downsample / level_ds))
+        exact = (self.width * self.downsample / level_ds, self.height * self.downsample / level_ds)  # level pixels
         try:
-            region = self._slide.read_region((self._x0, self._y0), level, size)
+            region = self._slide.read_region((self._x0, self._y0), level, tuple(math.ceil(n) for n in exact))
         except openslide.OpenSlideError as e:
             raise InputError(f"cannot read {self.path.name} (level {level}): {e}") from e
-        size = (max(1, round(self.width / max(factor, 1))), max(1, round(self.height / max(factor, 1))))
-        return self._opaque(np.asarray(region.resize(size, Image.Resampling.BOX)))
+        width, height = max(1, round(self.width / shrink)), max(1, round(self.height / shrink))
+        return area_shrink(self._opaque(np.asarray(region)), width, height, (exact[0] / width, exact[1] / height))

@@ -112,3 +112,24 @@ def test_level_and_mpp_on_an_ordinary_image_are_refused(tmp_path, tissue, checkp
     pyvips.Image.new_from_array(np.ascontiguousarray(tissue)).write_to_file(str(png))
     result = CliRunner().invoke(cli, ["translate", str(png), "-o", str(tmp_path / "o.tif"), "--level", "1"])
     assert result.exit_code == 1 and "has one resolution only" in result.stderr
+
+
+def test_thumbnail_is_the_area_average_of_the_level_it_comes_from(slide):
+    # 1024 × 768 into 300 pixels: level 1 (512 × 384) shrunk by 1.7067, each thumbnail pixel the
+    # overlap-weighted mean of the level pixels it covers (PIL's BOX, used before, is not that).
+    path, _ = slide
+    with SlideImage(path) as source:
+        thumb = source.thumbnail(300).astype(float)
+    assert thumb.shape == (225, 300, 3)
+    with openslide.OpenSlide(str(path)) as raw:
+        level1 = np.asarray(raw.read_region((0, 0), 1, (512, 384)))[..., :3].astype(float)
+
+    def weights(n_out: int, n_in: int) -> np.ndarray:
+        edges = np.arange(n_out + 1) * n_in / n_out
+        cells = np.arange(n_in)
+        return np.clip(np.minimum(edges[1:, None], cells + 1) - np.maximum(edges[:-1, None], cells), 0, 1)
+
+    wy, wx = weights(225, 384), weights(300, 512)
+    expected = np.einsum("yi,xj,ijc->yxc", wy, wx, level1, optimize=True)
+    expected /= wy.sum(1)[:, None, None] * wx.sum(1)[None, :, None]
+    assert np.abs(thumb - expected).max() <= 0.5 + 1e-9  # rounding only
