@@ -18,7 +18,9 @@ import pyvips
 from dn_cli.errors import InputError, OutputError, first_line
 from dn_cli.geometry import Box
 from dn_cli.images import Canvas, ClosedOnExit, block_thumbnail
+from dn_cli.levels import plausible_mpp
 from dn_cli.strip_tiff import strip_tiff_header
+from dn_cli.tiff_image import forget_resolution
 
 SAVE_OPTIONS = {".png": {"compression": 6}, ".jpg": {"Q": 90}, ".jpeg": {"Q": 90}}
 PYRAMID_SUFFIXES = (".tif", ".tiff")
@@ -50,7 +52,8 @@ class VipsImage(ClosedOnExit):
         self.path = path
         try:
             image = pyvips.Image.new_from_file(str(path), access="random", fail_on="truncated", revalidate=True)
-            self.mpp = _mpp(image)
+            self.recorded_mpp = _mpp(image)  # what the file says, plausible or not
+            self.mpp = plausible_mpp(self.recorded_mpp)
             self._image = _to_rgb8(image)
             self._regions = threading.local()  # a libvips region serves one thread
             self.read(Box(0, 0, 1, 1))  # decodes now: a damaged file fails here, never reads grey
@@ -124,7 +127,7 @@ def image_info(path: Path) -> dict:
         raise InputError(f"cannot read {path}: {unreadable(e)}") from e
     fields = image.get_fields()
     levels = image.get("n-pages") if "n-pages" in fields else 1
-    mpp = _mpp(image)
+    mpp = plausible_mpp(_mpp(image))
     return {
         "path": str(path),
         "kind": "image",
@@ -172,7 +175,7 @@ class PyramidTiffSink:
         ome: bool = False,
         name: str | None = None,
     ) -> None:
-        self.path, self.width, self.height = path, width, height
+        self.path, self.width, self.height, self.mpp = path, width, height, mpp
         self.name = name or path.name
         self._band: np.ndarray | None = None  # the row of tiles being filled
         self._bands: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2)
@@ -277,6 +280,11 @@ class PyramidTiffSink:
             self._thread.join(timeout=0.5)  # in slices: Ctrl-C and SIGTERM are heard meanwhile
         if self._failure is not None:
             self._raise_failure()
+        if not self.mpp:
+            try:
+                forget_resolution(self.path)
+            except Exception as e:  # tifffile's kinds; the file is the caller's to discard
+                raise OutputError(f"cannot write {self.name}: {e}") from e
 
     def abort(self) -> None:
         """Stop the writer (what it wrote stays: the file is the caller's, see ``outputs.Partial``)."""

@@ -6,9 +6,20 @@ the same on both.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dn_cli.errors import InputError
+
+SCREEN_MPP = 50.0  # µm per pixel: a recorded size this coarse is a screen or print default, not a microscope's
+
+
+def plausible_mpp(recorded: float | None) -> float | None:
+    """A pixel size a file records, or None where no microscope gives it: 72 dpi (353 µm),
+    300 dpi (85 µm) and libvips' 1 pixel per mm (1000 µm) are what files get by default."""
+    if recorded is None or not math.isfinite(recorded) or not 0 < recorded < SCREEN_MPP:
+        return None
+    return recorded
 
 
 @dataclass(frozen=True)

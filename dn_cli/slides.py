@@ -17,7 +17,7 @@ import openslide
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
 from dn_cli.images import ClosedOnExit, area_shrink
-from dn_cli.levels import choose_resolution
+from dn_cli.levels import choose_resolution, plausible_mpp
 
 
 def is_slide(path: Path) -> bool:
@@ -62,7 +62,8 @@ class SlideImage(ClosedOnExit):
         self.path = path
         props = self._slide.properties
         recorded = props.get(openslide.PROPERTY_NAME_MPP_X)
-        base_mpp = mpp_override or (float(recorded) if recorded else None)
+        self.recorded_mpp = float(recorded) if recorded else None  # what the file says, plausible or not
+        base_mpp = mpp_override or plausible_mpp(self.recorded_mpp)
         full_w, full_h = self._slide.dimensions
         self._x0 = int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0))
         self._y0 = int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0))

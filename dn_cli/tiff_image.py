@@ -21,7 +21,7 @@ import tifffile
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
 from dn_cli.images import ClosedOnExit, area_shrink, block_thumbnail
-from dn_cli.levels import choose_resolution
+from dn_cli.levels import choose_resolution, plausible_mpp
 
 logging.getLogger("tifffile").addHandler(logging.NullHandler())  # dn says what is wrong with a file itself
 
@@ -122,6 +122,7 @@ class TiffImage(ClosedOnExit):
             raise InputError(f"cannot read {path}: damaged or not a TIFF ({e})") from e
         self._fd = os.open(path, os.O_RDONLY)
         try:
+            self.recorded_mpp = _mpp(self._tif)  # what the file says, plausible or not
             self._levels = [_Level(series.keyframe, self._fd, path.name) for series in self._tif.series[0].levels]
             base = self._levels[0]
             downsamples = [(base.width / lv.width + base.height / lv.height) / 2 for lv in self._levels]
@@ -129,7 +130,7 @@ class TiffImage(ClosedOnExit):
                 path.name,
                 (base.width, base.height),
                 downsamples,
-                mpp_override or _mpp(self._tif),
+                mpp_override or plausible_mpp(self.recorded_mpp),
                 level=level,
                 mpp=mpp,
                 allow_upsampling=allow_upsampling,
@@ -223,6 +224,18 @@ class _LevelPart:
 
     def read(self, box: Box) -> np.ndarray:
         return self.image._read_level(box, self.level)
+
+
+def forget_resolution(path: Path) -> None:
+    """Make every image of a TIFF say it has no physical pixel size (ResolutionUnit NONE):
+    libvips always writes one, 1 pixel per mm where it is given none, and dn must not claim a
+    pixel size it does not know."""
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        pages = {page.offset: page for page in tif.pages}
+        pages |= {level.keyframe.offset: level.keyframe for series in tif.series for level in series.levels}
+        for page in pages.values():
+            if (unit := page.tags.get("ResolutionUnit")) is not None:
+                unit.overwrite(tifffile.RESUNIT.NONE)
 
 
 def _rgb(pixels: np.ndarray) -> np.ndarray:

@@ -133,3 +133,39 @@ def test_thumbnail_is_the_area_average_of_the_level_it_comes_from(slide):
     expected = np.einsum("yi,xj,ijc->yxc", wy, wx, level1, optimize=True)
     expected /= wy.sum(1)[:, None, None] * wx.sum(1)[None, :, None]
     assert np.abs(thumb - expected).max() <= 0.5 + 1e-9  # rounding only
+
+
+@pytest.mark.parametrize("output_format", ["tiff", "ome-tiff"])
+def test_an_output_never_claims_a_pixel_size_nobody_gave(tmp_path, tissue, checkpoint, output_format):
+    # libvips writes 1 pixel per mm into every TIFF it is given no resolution for: dn's outputs
+    # of an image without a pixel size said 1000 µm/px to OpenSlide and QuPath.
+    source = tmp_path / "nompp.tif"
+    tifffile.imwrite(source, tissue, tile=(256, 256), photometric="rgb")  # no resolution tags
+    out = tmp_path / ("out.ome.tif" if output_format == "ome-tiff" else "out.tif")
+    args = ["translate", str(source), "-o", str(out), "--model", str(checkpoint), "--format", output_format, "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    with openslide.OpenSlide(str(out)) as written:
+        assert openslide.PROPERTY_NAME_MPP_X not in written.properties
+    with tifffile.TiffFile(out) as tif:
+        levels = [level.keyframe for level in tif.series[0].levels]
+        assert len(levels) > 1
+        assert {page.tags["ResolutionUnit"].value for page in levels} == {tifffile.RESUNIT.NONE}
+    with open_source(out) as again:
+        assert again.mpp is None
+
+
+def test_a_screen_resolution_is_not_taken_for_a_pixel_size(tmp_path, tissue, checkpoint):
+    source = tmp_path / "export.tif"  # 72 dpi: 352.8 µm per pixel, what an image editor writes
+    tifffile.imwrite(source, tissue, tile=(256, 256), photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
+    with open_source(source) as slide:
+        assert slide.recorded_mpp == pytest.approx(352.78, abs=0.01) and slide.mpp is None
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(cli, ["translate", str(source), "-o", str(out), "--model", str(checkpoint), "-q"])
+    assert result.exit_code == 0
+    assert "352.778 µm per pixel is a screen or print default" in result.stderr
+    assert json.loads((tmp_path / "out.tif.json").read_text())["mpp"] is None
+    args = ["translate", str(source), "-o", str(tmp_path / "given.tif"), "--model", str(checkpoint), "-q"]
+    result = CliRunner().invoke(cli, [*args, "--mpp-override", "0.5"])
+    assert result.exit_code == 0 and result.stderr == ""
+    with openslide.OpenSlide(str(tmp_path / "given.tif")) as written:
+        assert float(written.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.5)

@@ -22,6 +22,7 @@ from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import TileGrid, fit_grid
 from dn_cli.image_io import image_description, open_sink, save_picture, thumbnail_file
 from dn_cli.images import ImageSource
+from dn_cli.levels import plausible_mpp
 from dn_cli.outputs import Partial, clear_stale_partials
 from dn_cli.pipeline import TileRunner
 from dn_cli.pipeline import translate as run_translation
@@ -102,9 +103,16 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
         with open_source(
             job.source, level=s.level, mpp=s.mpp, mpp_override=s.mpp_override, allow_upsampling=s.allow_upsampling
         ) as source:
+            slide = isinstance(source, (SlideImage, TiffImage))  # TIFFs OpenSlide leaves out are slide exports too
+            recorded = getattr(source, "recorded_mpp", None)
+            if slide and s.mpp_override is None and recorded is not None and plausible_mpp(recorded) is None:
+                click.echo(  # pictures (PNG, JPEG) carry 72 dpi all the time: said for slides only
+                    f"dn: warning: {job.source}: its {recorded:g} µm per pixel is a screen or print default, "
+                    "not a microscope's: taken as unknown (--mpp-override gives the real one)",
+                    err=True,
+                )
             grid = fit_grid(source.width, source.height, s.tile_size, s.margin, runner.stride, runner.min_size)
             active = mask = None
-            slide = isinstance(source, (SlideImage, TiffImage))  # TIFFs OpenSlide leaves out are slide exports too
             detect = s.tissue if s.tissue is not None else slide or job.tissue_mask is not None
             if detect:
                 active, mask, thumbnail = select_tiles(source, grid, min_tissue=s.min_tissue)
