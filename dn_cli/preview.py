@@ -16,8 +16,8 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """``before`` and ``after`` (uint8 RGB, resized to the same height) on white, with the tissue
-    outline (``mask`` at any resolution) drawn on ``before``."""
+    """``before`` and ``after`` (uint8 RGB of the same size, give or take a rounded pixel) on
+    white, with the tissue outline (``mask`` at any resolution) drawn on ``before``."""
     height = min(before.shape[0], after.shape[0])
     before, after = before[:height], after[:height]
     if mask is not None:

@@ -131,3 +131,16 @@ def test_tissue_selection_without_a_pixel_size(tissue):
     grid = TileGrid(1024, 512, 256, 16)
     active, mask, _ = select_tiles(ArrayImage(glass), grid, min_tissue=0.0)
     assert active[:, :2].all() and not active[:, 3].any()
+
+
+def test_preview_shows_input_and_output_at_the_same_scale(tmp_path, tissue, checkpoint):
+    # 1700 × 1000 into an 800-pixel preview: the input shrinks by a whole factor (3, to 566 × 333)
+    # and the output is shrunk to that same size, not to 800 and then cut to the input's height.
+    source = tmp_path / "wide.png"
+    big = pyvips.Image.new_from_array(np.ascontiguousarray(tissue), interpretation="srgb").replicate(4, 2)
+    big.crop(0, 0, 1700, 1000).write_to_file(str(source))
+    preview = tmp_path / "p.png"
+    args = ["translate", str(source), "-o", str(tmp_path / "o.tif"), "--preview", str(preview), "-q"]
+    assert CliRunner().invoke(cli, [*args, "--model", str(checkpoint), "--norm", "in"]).exit_code == 0
+    picture = pyvips.Image.new_from_file(str(preview))
+    assert (picture.width, picture.height) == (566 + 8 + 566, 333)

@@ -134,8 +134,9 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
             if job.sidecar in parts:
                 write_sidecar(parts[job.sidecar].path, record)
             if job.preview in parts:
-                after = thumbnail_file(parts[job.output].path if job.output in parts else job.output, PREVIEW_SIDE)
-                before = source.thumbnail(max(after.shape[:2]))
+                before = source.thumbnail(PREVIEW_SIDE)  # sources shrink by whole factors: the output matches it
+                output = parts[job.output].path if job.output in parts else job.output
+                after = thumbnail_file(output, max(before.shape[:2]))
                 save_picture(side_by_side(before, after, mask), parts[job.preview].path)
         for path in todo:  # the output first: linking it claims the name
             parts[path].publish(overwrite=overwrite or path == job.sidecar)  # the record follows its output
