@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dn_cli.dense_norm import MomentsRecorded, Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError
-from dn_cli.geometry import Box, TileGrid, check_geometry, default_margin, fit_grid, reflect_indices
+from dn_cli.geometry import Box, TileGrid, check_geometry, default_margin, fit_grid
 from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
@@ -242,8 +242,7 @@ def translate_whole(
         progress(0, 1)
     height, width = source.height, source.width
     padded_h, padded_w = (max(-(-n // runner.stride) * runner.stride, runner.min_size) for n in (height, width))
-    pixels = source.read(Box(0, 0, width, height))
-    padded = pixels[np.ix_(reflect_indices(0, padded_h, height), reflect_indices(0, padded_w, width))]
+    padded = read_padded(source, Box(0, 0, padded_w, padded_h))
     sink.write(Box(0, 0, width, height), runner.apply(padded[None], None, 0, (height, width))[0])
     sink.close()
     if progress is not None:
