@@ -56,6 +56,15 @@ def read_padded(source: ImageSource, box: Box) -> np.ndarray:
     return window[np.ix_(ys - y0, xs - x0)]
 
 
+def opaque(rgba: np.ndarray, background: np.ndarray | int = 255) -> np.ndarray:
+    """RGB of straight (not premultiplied) RGBA composited onto ``background``: transparency is
+    never dropped, which would turn transparent areas black."""
+    alpha = rgba[..., 3:].astype(np.uint16)
+    if alpha.min() == 255:
+        return rgba[..., :3]
+    return ((rgba[..., :3] * alpha + np.uint16(background) * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
 def block_thumbnail(source: ImageSource, max_side: int, band_bytes: int = 16 << 20) -> np.ndarray:
     """``source`` area-averaged by the smallest integer factor that fits ``max_side`` (a remainder
     of fewer rows or columns than the factor is left out), read a band of rows at a time."""

@@ -16,7 +16,7 @@ import openslide
 
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
-from dn_cli.images import ClosedOnExit, area_shrink
+from dn_cli.images import ClosedOnExit, area_shrink, opaque
 from dn_cli.levels import choose_resolution, plausible_mpp
 
 
@@ -108,17 +108,8 @@ class SlideImage(ClosedOnExit):
             region = self._slide.read_region(origin, self.level, size)
         except openslide.OpenSlideError as e:
             raise InputError(f"cannot read {self.path.name} at {origin} (level {self.level}): {e}") from e
-        pixels = self._opaque(np.asarray(region))
+        pixels = opaque(np.asarray(region), self.background)
         return pixels if self.scale == 1.0 else area_shrink(pixels, box.width, box.height, self.scale)
-
-    def _opaque(self, rgba: np.ndarray) -> np.ndarray:
-        # Not premultiplied: composite onto the slide's background, never drop alpha (that turns
-        # transparent areas black).
-        alpha = rgba[..., 3:].astype(np.uint16)
-        if alpha.min() == 255:
-            return rgba[..., :3]
-        rgb = (rgba[..., :3] * alpha + self.background * (255 - alpha) + 127) // 255
-        return rgb.astype(np.uint8)
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         """The image shrunk so its longer side is at most ``max_side``, from the coarsest level that suffices."""
@@ -131,4 +122,5 @@ class SlideImage(ClosedOnExit):
         except openslide.OpenSlideError as e:
             raise InputError(f"cannot read {self.path.name} (level {level}): {e}") from e
         width, height = max(1, round(self.width / shrink)), max(1, round(self.height / shrink))
-        return area_shrink(self._opaque(np.asarray(region)), width, height, (exact[0] / width, exact[1] / height))
+        pixels = opaque(np.asarray(region), self.background)
+        return area_shrink(pixels, width, height, (exact[0] / width, exact[1] / height))

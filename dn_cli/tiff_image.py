@@ -20,7 +20,7 @@ import tifffile
 
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
-from dn_cli.images import ClosedOnExit, area_shrink, block_thumbnail
+from dn_cli.images import ClosedOnExit, area_shrink, block_thumbnail, opaque
 from dn_cli.levels import choose_resolution, plausible_mpp
 
 logging.getLogger("tifffile").addHandler(logging.NullHandler())  # dn says what is wrong with a file itself
@@ -242,10 +242,7 @@ def _rgb(pixels: np.ndarray) -> np.ndarray:
     """Grey repeated to RGB; alpha composited onto white."""
     if pixels.shape[2] == 1:
         return np.repeat(pixels, 3, axis=2)
-    if pixels.shape[2] == 4:
-        alpha = pixels[..., 3:].astype(np.uint16)
-        return ((pixels[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
-    return pixels
+    return opaque(pixels) if pixels.shape[2] == 4 else pixels
 
 
 def _mpp(tif: tifffile.TiffFile) -> float | None:

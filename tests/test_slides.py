@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from dn_cli.cli import cli
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
+from dn_cli.images import opaque
 from dn_cli.slides import SlideImage
 from dn_cli.sources import open_source
 
@@ -73,7 +74,7 @@ def test_transparent_pixels_take_the_slide_background(slide):
         rgba = np.zeros((2, 2, 4), np.uint8)
         rgba[0, 0] = [200, 100, 50, 255]  # opaque
         rgba[1, 1] = [200, 100, 50, 128]  # half transparent
-        out = source._opaque(rgba)
+        out = opaque(rgba, source.background)  # what the slide's reads composite with
     assert out[0, 0].tolist() == [200, 100, 50] and out[0, 1].tolist() == [10, 20, 30]
     assert out[1, 1].tolist() == [105, 60, 40]
 
