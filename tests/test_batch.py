@@ -106,3 +106,16 @@ def test_folder_expansion_keeps_mrxs_data_and_dicom_series_whole(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p, _ in deep] == ["series/1.dcm", "sub/y.svs", "x.mrxs"]
     jobs = plan_jobs(deep, tmp_path / "out", one_file=False)
     assert [j.output.relative_to(tmp_path / "out").as_posix() for j in jobs] == ["series/1.tif", "sub/y.tif", "x.tif"]
+
+
+def test_dry_run_decides_as_the_run_does(tmp_path, folder, checkpoint):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_good.tif").write_bytes(b"not dn's")  # an output dn did not write: the run fails on it
+    (out / "c_good_preview.png").write_bytes(b"")  # a picture in the way, without --overwrite
+    args = [folder / "a_good.tif", folder / "c_good.tif", "-o", out, "--preview", out, "--model", checkpoint]
+    actions = [json.loads(line)["action"] for line in run(*args, "--dry-run", "--json").stdout.splitlines()]
+    assert actions[0].startswith("fail (") and "dn did not write it" in actions[0]
+    assert actions[1].startswith("fail (") and "c_good_preview.png exists" in actions[1]
+    real = [json.loads(line)["status"] for line in run(*args, "--json").stdout.splitlines()]
+    assert real == ["failed", "failed"]

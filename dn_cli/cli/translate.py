@@ -18,10 +18,10 @@ from dn_cli.batch import (
     plan_jobs,
     shard,
 )
-from dn_cli.cli.jobs import Settings, emit, run_jobs
+from dn_cli.cli.jobs import Settings, emit, files_to_make, run_jobs
 from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
-from dn_cli.errors import DnError, plural
+from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
 from dn_cli.image_io import OUTPUT_SUFFIXES, TIFF_COMPRESSIONS, check_output
 from dn_cli.models import load_generator
@@ -311,8 +311,10 @@ def dry_run_action(job: Job, overwrite: bool, one_file: bool) -> str:
     """What a real run would do with ``job``, decided as it would decide (nothing is removed)."""
     if any(is_busy(p) for p in job.files):
         return "refuse (another dn run is writing it)" if one_file else "skip (another dn run is writing it)"
-    if overwrite or not job.output.exists():
-        return "translate"
-    if missing := [p for p in job.files if not p.exists()]:
-        return f"complete ({', '.join(p.name for p in missing)})"
-    return "refuse (exists; --overwrite replaces it)" if one_file else "skip (exists)"
+    try:
+        todo, record = files_to_make(job, overwrite)
+    except OutputError as e:  # what the real run would fail on (a picture in the way, a foreign output)
+        return f"fail ({first_line(e)})"
+    if not todo:
+        return "refuse (exists; --overwrite replaces it)" if one_file else "skip (exists)"
+    return "translate" if record is None else f"complete ({', '.join(p.name for p in todo)})"
