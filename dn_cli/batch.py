@@ -1,4 +1,5 @@
-"""Which slides a batch translates and where each output goes: path bookkeeping, no image I/O."""
+"""Which slides a batch translates and where each output goes: path bookkeeping, no image I/O
+(the picture suffixes come from ``image_io``, which writes them)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from dn_cli.errors import DnError
+from dn_cli.image_io import PICTURE_SUFFIXES
 from dn_cli.provenance import sidecar_path
 
 # What a folder is searched for unless --pattern says otherwise: slide formats OpenSlide reads,
@@ -28,9 +30,6 @@ DEFAULT_PATTERNS = (
     "*.jpg",
     "*.jpeg",
 )
-
-
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _matches(path: Path, patterns: tuple[str, ...]) -> bool:

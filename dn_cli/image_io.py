@@ -23,6 +23,7 @@ from dn_cli.strip_tiff import strip_tiff_header
 from dn_cli.tiff_image import forget_resolution
 
 SAVE_OPTIONS = {".png": {"compression": 6}, ".jpg": {"Q": 90}, ".jpeg": {"Q": 90}}
+PICTURE_SUFFIXES = tuple(SAVE_OPTIONS)
 PYRAMID_SUFFIXES = (".tif", ".tiff")
 OUTPUT_SUFFIXES = (*SAVE_OPTIONS, *PYRAMID_SUFFIXES)
 

@@ -10,7 +10,6 @@ import click
 
 from dn_cli.batch import (
     DEFAULT_PATTERNS,
-    PICTURE_SUFFIXES,
     Job,
     check_jobs,
     expand_inputs,
@@ -23,7 +22,7 @@ from dn_cli.cli.options import debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
-from dn_cli.image_io import OUTPUT_SUFFIXES, TIFF_COMPRESSIONS, check_output
+from dn_cli.image_io import OUTPUT_SUFFIXES, PICTURE_SUFFIXES, TIFF_COMPRESSIONS, check_output
 from dn_cli.models import load_generator
 from dn_cli.outputs import is_busy
 from dn_cli.pipeline import POLICIES, TileRunner
