@@ -20,12 +20,17 @@ from dn_cli.images import ClosedOnExit, area_shrink, opaque
 from dn_cli.levels import choose_resolution, plausible_mpp
 
 
+def slide_format(path: Path) -> str | None:
+    """The format OpenSlide reads ``path`` as (``aperio``, ``dicom``, ``generic-tiff``...), or None."""
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except openslide.OpenSlideError:
+        return None
+
+
 def is_slide(path: Path) -> bool:
     """Whether OpenSlide reads ``path`` (SVS, NDPI, MRXS, SCN, BIF, Philips, DICOM, tiled TIFF...)."""
-    try:
-        return openslide.OpenSlide.detect_format(str(path)) is not None
-    except openslide.OpenSlideError:
-        return False
+    return slide_format(path) is not None
 
 
 def _hex_colour(value: str | None) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 from dn_cli.errors import InputError
 from dn_cli.image_io import VipsImage
 from dn_cli.images import ImageSource
-from dn_cli.slides import SlideImage, is_slide
+from dn_cli.slides import SlideImage, slide_format
 from dn_cli.tiff_image import TiffImage, Unsupported, is_ome, is_tiff
 
 
@@ -26,10 +26,10 @@ def open_source(
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image")
     resolution = {"level": level, "mpp": mpp, "mpp_override": mpp_override, "allow_upsampling": allow_upsampling}
-    tiff = is_tiff(path)
-    if is_slide(path) and not (tiff and is_ome(path)):  # OpenSlide sees one level of an OME-TIFF (SubIFDs)
+    fmt = slide_format(path)
+    if fmt is not None and not (fmt == "generic-tiff" and is_ome(path)):  # OpenSlide sees one level of an OME-TIFF
         return SlideImage(path, **resolution)
-    if tiff:
+    if is_tiff(path):
         try:
             return TiffImage(path, **resolution)
         except Unsupported:
