@@ -45,8 +45,8 @@ class SlideImage(ClosedOnExit):
         path: the slide file (for MRXS, the ``.mrxs`` file beside its data folder).
         level: pyramid level to read (0 = full resolution).
         mpp: target pixel size in µm: the nearest finer level is read and shrunk (area average).
-        mpp_override: the full-resolution pixel size to assume when the file records none (or a
-            wrong one).
+        mpp_override: the full-resolution pixel size to assume when the file records none (or only
+            a screen default); a recorded microscope pixel size always wins.
         allow_upsampling: accept an ``mpp`` finer than the full resolution (refused otherwise: it
             would record a pixel size the scan does not have).
     """
@@ -68,7 +68,7 @@ class SlideImage(ClosedOnExit):
         props = self._slide.properties
         recorded = props.get(openslide.PROPERTY_NAME_MPP_X)
         self.recorded_mpp = float(recorded) if recorded else None  # what the file says, plausible or not
-        base_mpp = mpp_override or plausible_mpp(self.recorded_mpp)
+        base_mpp = plausible_mpp(self.recorded_mpp) or mpp_override  # never over a recorded size
         full_w, full_h = self._slide.dimensions
         self._x0 = int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0))
         self._y0 = int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0))

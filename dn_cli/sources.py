@@ -25,6 +25,8 @@ def open_source(
         raise InputError(f"input not found: {path}")
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image")
+    if not path.is_file():
+        raise InputError(f"{path} is a pipe or a device, not a file: dn reads images region by region; save it first")
     resolution = {"level": level, "mpp": mpp, "mpp_override": mpp_override, "allow_upsampling": allow_upsampling}
     fmt = slide_format(path)
     if fmt is not None and not (fmt == "generic-tiff" and is_ome(path)):  # OpenSlide sees one level of an OME-TIFF
@@ -37,6 +39,5 @@ def open_source(
     if level or mpp:
         raise InputError(f"{path.name} has one resolution only: --level and --mpp need a slide or a pyramidal TIFF")
     image = VipsImage(path)
-    if mpp_override:
-        image.mpp = mpp_override
+    image.mpp = image.mpp or mpp_override  # never over a recorded pixel size
     return image

@@ -130,7 +130,7 @@ class TiffImage(ClosedOnExit):
                 path.name,
                 (base.width, base.height),
                 downsamples,
-                mpp_override or plausible_mpp(self.recorded_mpp),
+                plausible_mpp(self.recorded_mpp) or mpp_override,
                 level=level,
                 mpp=mpp,
                 allow_upsampling=allow_upsampling,

@@ -67,6 +67,18 @@ def test_missing_pixel_size_suggests_the_override(tmp_path, tissue):
         SlideImage(path, level=9)
 
 
+def test_the_override_never_replaces_a_recorded_pixel_size(slide, tmp_path, tissue):
+    path, _ = slide  # records 0.25 µm
+    with open_source(path, mpp_override=0.5) as source:
+        assert source.mpp == 0.25
+    with open_source(path, mpp=1.0, mpp_override=0.5) as source:
+        assert (source.width, source.mpp) == (256, 1.0)  # level 2 of a 0.25 µm scan, not level 1 of 0.5
+    picture = tmp_path / "pic.png"
+    pyvips.Image.new_from_array(tissue, interpretation="srgb").write_to_file(str(picture))
+    with open_source(picture, mpp_override=0.5) as source:  # records nothing (a 72 dpi default): taken
+        assert source.mpp == 0.5
+
+
 def test_transparent_pixels_take_the_slide_background(slide):
     path, _ = slide
     with SlideImage(path) as source:

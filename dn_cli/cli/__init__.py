@@ -12,6 +12,7 @@ from dn_cli import __version__
 from dn_cli.cli.bench import bench
 from dn_cli.cli.info import info, models
 from dn_cli.cli.options import debug_option
+from dn_cli.cli.streams import guard_streams
 from dn_cli.cli.translate import translate
 from dn_cli.errors import DnError, first_line
 
@@ -82,4 +83,5 @@ cli.add_command(bench)
 
 
 def main() -> None:
+    guard_streams()  # a closed stdout or stderr must not cost a slide
     cli()

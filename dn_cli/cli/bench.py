@@ -11,7 +11,7 @@ import click
 import torch
 
 from dn_cli.benchmark import measure
-from dn_cli.cli.options import debug_option, model_options, model_path_option
+from dn_cli.cli.options import Location, debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
 from dn_cli.image_io import write_test_slide
@@ -30,7 +30,7 @@ LABELS = {
 
 
 @click.command()
-@click.argument("slide", required=False, type=click.Path(path_type=Path))
+@click.argument("slide", required=False, type=Location())
 @model_path_option
 @model_options
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")

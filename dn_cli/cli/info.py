@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dn_cli.cli.options import debug_option, model_options
+from dn_cli.cli.options import Location, debug_option, model_options
 from dn_cli.errors import InputError
 from dn_cli.geometry import default_margin
 from dn_cli.image_io import image_info
@@ -51,7 +51,7 @@ def print_record(record: dict, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=Location())
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @debug_option

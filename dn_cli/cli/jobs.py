@@ -73,7 +73,7 @@ def recorded_provenance(job: Job) -> dict | None:
 def files_to_make(job: Job, overwrite: bool) -> tuple[list[Path], dict | None]:
     """(the files of ``job`` to write, the provenance of its existing output when only completing it)."""
     if overwrite or not job.output.exists():
-        if not overwrite and (existing := [p for p in job.files[2:] if p.exists()]):
+        if not overwrite and (existing := [p for p in job.files[1:] if p.exists()]):  # the record too
             raise OutputError(f"{existing[0]} exists (use --overwrite to replace it)")
         return job.files, None
     missing = [p for p in job.files if not p.exists()]
@@ -139,7 +139,7 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                 after = thumbnail_file(output, max(before.shape[:2]))
                 save_picture(side_by_side(before, after, mask), parts[job.preview].path)
         for path in todo:  # the output first: linking it claims the name
-            parts[path].publish(overwrite=overwrite or path == job.sidecar)  # the record follows its output
+            parts[path].publish(overwrite=overwrite)
     finally:
         for part in parts.values():
             part.discard()  # what was not published

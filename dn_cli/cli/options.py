@@ -7,6 +7,18 @@ import click
 from dn_cli.models import DEMO_MODEL, families
 
 
+class Location(click.Path):
+    """A path that is not empty: ``"$UNSET"`` must not mean the current folder."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty (an unset variable?): give a path, or . for the current folder", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         ctx.meta["dn.debug"] = True  # meta is shared by the whole context tree
@@ -36,7 +48,7 @@ def model_options(command):
 model_path_option = click.option(
     "--model",
     "model_path",
-    type=click.Path(path_type=Path),
+    type=Location(),
     default=DEMO_MODEL,
     show_default="the bundled demo model",
     help="Generator checkpoint: state dict, training checkpoint or TorchScript.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from dn_cli.batch import (
     shard,
 )
 from dn_cli.cli.jobs import Settings, emit, files_to_make, run_jobs
-from dn_cli.cli.options import debug_option, model_options, model_path_option
+from dn_cli.cli.options import Location, debug_option, model_options, model_path_option
+from dn_cli.cli.streams import is_closed
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
@@ -28,11 +30,16 @@ from dn_cli.outputs import is_busy
 from dn_cli.pipeline import POLICIES, TileRunner
 
 
-def read_inputs(inputs: tuple[Path, ...]) -> list[Path]:
-    """The paths given, with ``-`` replaced by the paths on stdin (one per line)."""
+def read_inputs(inputs: tuple[Path, ...], null: bool = False) -> list[Path]:
+    """The paths given, with ``-`` replaced by the paths on stdin: one per line, or ended by NUL
+    bytes with ``null`` (``find -print0``). Names are bytes, as the file system keeps them."""
     paths = [p for p in inputs if str(p) != "-"]
     if any(str(p) == "-" for p in inputs):
-        paths += [Path(line.strip()) for line in sys.stdin if line.strip()]
+        if is_closed("stdin") or sys.stdin is None:
+            raise click.UsageError("- reads paths from stdin, but stdin is closed")
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        names = data.split(b"\0") if null else [line.strip() for line in data.splitlines()]
+        paths += [Path(os.fsdecode(name)) for name in names if name]
     return paths
 
 
@@ -52,11 +59,11 @@ class PixelSize(click.ParamType):
 
 
 @click.command()
-@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=Location())
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=Location(),
     required=True,
     help="Output file for one input (.tif pyramidal, .png, .jpg); otherwise (several inputs, or no "
     "extension) a folder of NAME.tif.",
@@ -145,13 +152,13 @@ class PixelSize(click.ParamType):
 )
 @click.option(
     "--tissue-mask",
-    type=click.Path(path_type=Path),
+    type=Location(),
     default=None,
     help="Save a tissue QC overlay (turns tissue detection on): a .png path, or a folder for NAME_tissue.png.",
 )
 @click.option(
     "--preview",
-    type=click.Path(path_type=Path),
+    type=Location(),
     default=None,
     help="Save a side-by-side thumbnail (input | output): a .png path, or a folder for NAME_preview.png.",
 )
@@ -168,6 +175,7 @@ class PixelSize(click.ParamType):
     default=None,
     help="Translate only shard K of N (K from 0) of the sorted inputs, e.g. $SLURM_ARRAY_TASK_ID/8 with --array=0-7.",
 )
+@click.option("-0", "--null", is_flag=True, help="Paths on stdin (-) end with NUL bytes, as find -print0 writes them.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first slide that fails.")
 @click.option("--dry-run", is_flag=True, help="List what would be done, and do nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per slide on stdout.")
@@ -205,6 +213,7 @@ def translate(
     recursive: bool,
     patterns: tuple[str, ...],
     shard_spec: str | None,
+    null: bool,
     fail_fast: bool,
     dry_run: bool,
     as_json: bool,
@@ -219,7 +228,9 @@ def translate(
         raise click.UsageError("--level and --mpp choose the same thing: give one")
     if tissue_mask is not None and tissue is False:
         raise click.UsageError("--tissue-mask draws the tissue detection that --no-tissue turns off: give one")
-    paths = read_inputs(inputs)
+    if as_json and is_closed("stdout"):
+        raise click.UsageError("--json writes to stdout, but stdout is closed")
+    paths = read_inputs(inputs, null)
     if not paths:
         raise DnError("no inputs: stdin held no paths" if "-" in map(str, inputs) else "no inputs")
     # One file in and an output with an extension: that file. Otherwise -o is a folder.

@@ -1,0 +1,179 @@
+"""The second hostile trial (issue 16): a user's file never replaced, no wrong result with exit 0,
+one clear line for every bad input. Numbers are the trial's (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .test_reliability import dn, files_in, one_error_line, partials, png
+
+
+@pytest.fixture
+def image(tmp_path, tissue):
+    return png(tmp_path / "in.png", tissue[:200, :300])
+
+
+# 1. A user's file replaced ----------------------------------------------------------------------
+
+
+def test_a_record_dn_did_not_write_is_never_replaced(tmp_path, image, checkpoint):
+    out = tmp_path / "o.tif"
+    theirs = tmp_path / "o.tif.json"
+    theirs.write_text('{"notes": 1}\n')
+    one_error_line(dn("translate", image, "-o", out, "--model", checkpoint, "-q"), "o.tif.json", "--overwrite")
+    assert theirs.read_text() == '{"notes": 1}\n' and not out.exists() and not partials(tmp_path)
+    # A batch: that slide fails, named; the others are made.
+    folder = tmp_path / "batch"
+    png(folder / "a.png", np.full((40, 40, 3), 200, np.uint8))
+    png(folder / "b.png", np.full((40, 40, 3), 100, np.uint8))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.tif.json").write_text("mine")
+    result = dn("translate", folder, "-o", tmp_path / "out", "--model", checkpoint, "-q")
+    assert result.exit_code == 1 and "a.tif.json exists" in result.stderr
+    assert (tmp_path / "out" / "a.tif.json").read_text() == "mine" and not (tmp_path / "out" / "a.tif").exists()
+    assert (tmp_path / "out" / "b.tif").exists() and (tmp_path / "out" / "b.tif.json").exists()
+    # --overwrite replaces it, as it replaces every other file.
+    assert dn("translate", image, "-o", out, "--model", checkpoint, "-q", "--overwrite").exit_code == 0
+    assert json.loads(theirs.read_text())["software"].startswith("dn ")
+
+
+def real_dn(*args, **kwargs) -> subprocess.CompletedProcess:
+    """``dn`` as its own process, so the standard streams are real file descriptors."""
+    return subprocess.run([sys.executable, "-m", "dn_cli", *map(str, args)], **kwargs)
+
+
+# 4. Empty paths ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["", "-o", "out"], ["in.png", "-o", ""], ["in.png", "-o", "o.tif", "--preview", " "]])
+def test_an_empty_path_is_a_usage_error(tmp_path, image, checkpoint, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    before = files_in(tmp_path)
+    result = dn("translate", *args, "--model", checkpoint, "-q")
+    assert result.exit_code == 2 and "is empty" in result.stderr, result.output
+    assert files_in(tmp_path) == before
+
+
+# 11, 19. Closed or vanished standard streams ----------------------------------------------------
+
+
+def test_a_closed_stdout_stops_the_json_lines_not_the_translations(tmp_path, tissue, checkpoint):
+    for name in "abc":
+        png(tmp_path / "in" / f"{name}.png", tissue[:48, :48])
+    dn_process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dn_cli",
+            "translate",
+            tmp_path / "in",
+            "-o",
+            tmp_path / "out",
+            "--json",
+            "-q",
+            "--model",
+            checkpoint,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    with dn_process:
+        first = dn_process.stdout.readline()  # then the reader goes, as `| head -1` does
+        dn_process.stdout.close()
+        stderr = dn_process.stderr.read().decode()
+    assert dn_process.returncode == 0, stderr
+    assert json.loads(first)["status"] == "done" and stderr == "3 inputs: 3 translated, 0 skipped, 0 failed\n"
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["a.tif", "b.tif", "c.tif"]
+
+
+def test_a_closed_stderr_costs_no_slide(tmp_path, image, checkpoint):
+    out = tmp_path / "o.tif"
+    done = real_dn(
+        "translate",
+        image,
+        "-o",
+        out,
+        "--model",
+        checkpoint,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert done.returncode == 0 and out.exists() and out.with_name("o.tif.json").exists()
+    assert json.loads(out.with_name("o.tif.json").read_text())["software"].startswith("dn ")
+
+
+def test_json_to_a_closed_stdout_is_refused(tmp_path, image, checkpoint):
+    done = real_dn(
+        "translate",
+        image,
+        "-o",
+        tmp_path / "o.tif",
+        "--json",
+        "--model",
+        checkpoint,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert done.returncode == 2 and "stdout is closed" in done.stderr
+    assert not (tmp_path / "o.tif").exists()
+
+
+# 20. Inputs from stdin and from pipes -----------------------------------------------------------
+
+
+def test_stdin_closed_is_one_line(tmp_path, checkpoint):
+    done = real_dn(
+        "translate",
+        "-",
+        "-o",
+        tmp_path / "out",
+        "--model",
+        checkpoint,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "dn: error: - reads paths from stdin, but stdin is closed"
+    ]
+
+
+def test_nul_separated_paths_are_read(tmp_path, tissue, checkpoint):
+    a = png(tmp_path / "with\nnewline.png", tissue[:40, :40])
+    b = png(tmp_path / "b.png", tissue[:40, :40])
+    result = dn(
+        "translate", "-", "-0", "-o", tmp_path / "out", "--model", checkpoint, "-q", stdin=f"{a}\0{b}\0".encode()
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["b.tif", "with\nnewline.tif"]
+
+
+def test_a_pipe_as_input_says_what_it_is(tmp_path, checkpoint):
+    done = real_dn(
+        "translate",
+        "/dev/stdin",
+        "-o",
+        tmp_path / "o.tif",
+        "--model",
+        checkpoint,
+        input=b"not an image",
+        capture_output=True,
+    )
+    line = one_line(done)
+    assert "pipe or a device" in line and "not found" not in line
+
+
+def one_line(done: subprocess.CompletedProcess) -> str:
+    stderr = done.stderr.decode() if isinstance(done.stderr, bytes) else done.stderr
+    lines = stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith("dn: error: "), stderr
+    assert "unexpected" not in lines[0]
+    return lines[0]
