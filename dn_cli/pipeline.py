@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from dn_cli.dense_norm import MomentsRecorded, Neighbourhood, NormContext, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
-from dn_cli.errors import DeviceMemoryError, ModelError
+from dn_cli.errors import DeviceMemoryError, ModelError, first_line
 from dn_cli.geometry import Box, TileGrid, check_geometry, default_margin, fit_grid
 from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
@@ -61,9 +62,19 @@ class TileRunner:
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
         with torch.inference_mode(), autocast(self.device, self.dtype):
             try:
-                return self.module(x)
+                y = self.module(x)
             except MomentsRecorded:  # collecting: the layers after the last norm were skipped
                 return x
+            except Exception as e:  # the model's own failure, named; memory is _run's to handle
+                if too_big(e):
+                    raise
+                raise ModelError(f"{self.name} failed: {type(e).__name__}: {first_line(e)}") from e
+        if y.shape[-2:] != x.shape[-2:]:  # load refuses such models; a model may still change its mind
+            raise ModelError(
+                f"{self.name} gave {y.shape[-1]} × {y.shape[-2]} pixels for a {x.shape[-1]} × {x.shape[-2]} tile: "
+                "dn needs an output the size of its input"
+            )
+        return y
 
     def _run(
         self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, inside: list | None = None
@@ -232,6 +243,16 @@ def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active
     return np.median(runner.apply(tile[None], None, m, t).reshape(-1, 3), axis=0).astype(np.uint8)
 
 
+@contextmanager
+def naming_tiles(grid: TileGrid, tiles: list[int]):
+    """A model's failure on a batch says where in the image that batch lies."""
+    try:
+        yield
+    except ModelError as e:
+        box = grid.output_box(*grid.position(tiles[0]))
+        raise ModelError(f"{e} (tiles from x {box.x}, y {box.y} on)") from e
+
+
 def translate_whole(
     source: ImageSource, sink: Sink, runner: TileRunner, progress: Callable[[int, int], None] | None
 ) -> None:
@@ -333,7 +354,8 @@ def translate(
                     if step.kind == "collect":
                         batch, flat = pending[step.tiles.start] = reader.read(tiles)
                         oldest_needed_row = grid.position(applied)[0] - 1
-                        packed = runner.collect(batch, [grid.inside(*grid.position(i)) for i in tiles])
+                        with naming_tiles(grid, tiles):
+                            packed = runner.collect(batch, [grid.inside(*grid.position(i)) for i in tiles])
                         if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
                             if image_moments is None:
                                 image_moments = runner.image_moments(source, grid.padded_size)[0]
@@ -344,7 +366,8 @@ def translate(
                     if tiles:
                         batch = pending.pop(step.tiles.start)[0] if pending else reader.read(tiles)[0]
                         neighbourhood = moments.gather(tiles) if moments is not None else None
-                        result = runner.apply_async(batch, neighbourhood, margin, tile_size)
+                        with naming_tiles(grid, tiles):
+                            result = runner.apply_async(batch, neighbourhood, margin, tile_size)
                     output.put(step.tiles, tiles, result)  # written in raster order, which the sinks rely on
                     applied = step.tiles.stop
             output.close()

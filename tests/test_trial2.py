@@ -10,6 +10,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .test_reliability import dn, files_in, one_error_line, partials, png
 
@@ -177,3 +180,77 @@ def one_line(done: subprocess.CompletedProcess) -> str:
     assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith("dn: error: "), stderr
     assert "unexpected" not in lines[0]
     return lines[0]
+
+
+# 6, 20. Models whose output does not fit their input, or that fail mid-run ------------------------
+
+
+class Upsampler(nn.Module):
+    """A 2× super-resolution net: its output is twice its input's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return F.interpolate(self.conv(x), scale_factor=2)
+
+
+class ValidConvolutions(nn.Module):
+    """Convolutions without padding: the output is smaller than the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 5)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class FailsLater(nn.Module):
+    """Runs at load and on the first batch of a slide, then fails (an index past a table, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += x.shape[-1] == 96  # padded tiles of 64 + 2 × 16 (the probes at load are other sizes)
+        if self.calls > 1:
+            raise IndexError("index 7 is out of bounds for dimension 0 with size 7")
+        return self.norm(self.conv(x))
+
+
+@pytest.mark.parametrize(("module", "size"), [(Upsampler(), "2 × 2 pixels for a 1 × 1"), (ValidConvolutions(), "")])
+def test_a_model_whose_output_is_not_its_input_size_is_refused_at_load(tmp_path, image, module, size):
+    model = tmp_path / "model.pt"
+    torch.save(module, model)
+    result = dn("translate", image, "-o", tmp_path / "o.tif", "--model", model, "--trust-model-code")
+    line = one_error_line(result, "model.pt", "the size of its input", size)
+    assert "broadcast" not in line and not (tmp_path / "o.tif").exists() and not partials(tmp_path)
+
+
+def test_a_model_failing_mid_run_is_named_with_the_tile(tmp_path, tissue):
+    model = tmp_path / "flaky.pt"
+    torch.save(FailsLater(), model)
+    source = png(tmp_path / "in.png", tissue[:256, :256])
+    result = dn(
+        "translate",
+        source,
+        "-o",
+        tmp_path / "o.tif",
+        "--model",
+        model,
+        "--trust-model-code",
+        "--tile-size",
+        64,
+        "--batch-size",
+        2,
+        "--norm",
+        "in",
+        "-q",
+    )
+    one_error_line(result, "flaky.pt failed: IndexError: index 7", "(tiles from x 128, y 0 on)")
+    assert not (tmp_path / "o.tif").exists() and not partials(tmp_path)

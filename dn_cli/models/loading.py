@@ -274,7 +274,7 @@ def _probe_stride(module: nn.Module) -> int:
     finally:
         for hook in hooks:
             hook.remove()
-    return 512 // min(s for s in sizes if s > 0)
+    return max(1, 512 // min(s for s in sizes if s > 0))  # an upsampler's maps may all be larger
 
 
 def probe(module: nn.Module, stride: int, tries: int = 8) -> tuple[int, int]:
@@ -287,9 +287,16 @@ def probe(module: nn.Module, stride: int, tries: int = 8) -> tuple[int, int]:
     for size in range(stride, stride * tries + 1, stride):
         try:
             with torch.inference_mode():
-                return size, module(torch.zeros(1, 3, size, size)).shape[1]
+                shape = module(torch.zeros(1, 3, size, size)).shape
         except Exception as e:  # too small for some layer, or not runnable at all
             error = e
+            continue
+        if tuple(shape[-2:]) != (size, size):  # an upsampler, or valid convolutions: tiles would not fit together
+            raise ModelError(
+                f"the model outputs {shape[-1]} × {shape[-2]} pixels for a {size} × {size} input: "
+                "dn needs a generator whose output is the size of its input"
+            )
+        return size, shape[1]
     raise ModelError(f"the model does not run on inputs up to {stride * tries} pixels: {first_line(error)}")
 
 
@@ -301,7 +308,11 @@ def _check(generator: Generator, source: str) -> None:
     tensors = {**dict(generator.module.named_parameters()), **dict(generator.module.named_buffers())}
     if broken := [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]:
         raise ModelError(f"{source} has NaN or infinite weights ({_listed(broken, 2)}): the checkpoint is broken")
-    if generator.out_channels != 3:
+    try:
+        channels = generator.out_channels  # the first forward: it probes the output's size too
+    except ModelError as e:
+        raise ModelError(f"{source}: {e}") from e
+    if channels != 3:
         raise ModelError(f"{source} outputs {plural(generator.out_channels, 'channel')}; dn writes RGB images (3)")
 
 
