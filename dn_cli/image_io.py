@@ -108,14 +108,15 @@ def check_output(path: Path) -> None:
 
 
 class ImageFileSink(Canvas):
-    """Assembles a PNG or JPEG output in memory and saves it to ``path`` (format by suffix) when closed."""
+    """Assembles a PNG or JPEG output in memory and saves it to ``path`` (format by suffix, JPEG at
+    ``quality``) when closed."""
 
-    def __init__(self, path: Path, width: int, height: int) -> None:
+    def __init__(self, path: Path, width: int, height: int, quality: int | None = None) -> None:
         super().__init__(width, height)
-        self.path = path
+        self.path, self.quality = path, quality
 
     def close(self) -> None:
-        save_picture(self.pixels, self.path)
+        save_picture(self.pixels, self.path, self.quality)
 
 
 def image_info(path: Path) -> dict:
@@ -353,7 +354,7 @@ def open_sink(
             ome=ome,
             name=name,
         )
-    return ImageFileSink(path, width, height)
+    return ImageFileSink(path, width, height, quality)
 
 
 def write_test_slide(path: Path, sample: Path, size: int) -> None:
@@ -381,10 +382,13 @@ def thumbnail_file(path: Path, side: int) -> np.ndarray:
     return _to_rgb8(pyvips.Image.thumbnail(str(path), side)).numpy()
 
 
-def save_picture(pixels: np.ndarray, path: Path) -> None:
-    """Write uint8 RGB pixels to ``path``, PNG or JPEG by its suffix."""
+def save_picture(pixels: np.ndarray, path: Path, quality: int | None = None) -> None:
+    """Write uint8 RGB pixels to ``path``, PNG or JPEG by its suffix (JPEG at ``quality``, else 90)."""
+    options = SAVE_OPTIONS[path.suffix.lower()]
+    if quality is not None and "Q" in options:
+        options = {**options, "Q": quality}
     try:
         image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb")
-        image.write_to_file(str(path), **SAVE_OPTIONS[path.suffix.lower()])
+        image.write_to_file(str(path), **options)
     except pyvips.Error as e:
         raise OutputError(f"cannot write {path.name}: {vips_reason(e)}") from e

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from dn_cli.errors import InputError
 
+MAX_UPSAMPLING = 4  # --allow-upsampling enlarges a scan this much at most (16× the pixels)
 SCREEN_MPP = 50.0  # µm per pixel: a recorded size this coarse is a screen or print default, not a microscope's
 
 
@@ -65,6 +66,12 @@ def choose_resolution(
                 "(upsampling invents no detail; --allow-upsampling does it anyway)"
             )
         wanted = mpp / base_mpp
+        if wanted < 1 / MAX_UPSAMPLING:
+            width, height = (n / wanted for n in size)
+            raise InputError(
+                f"--mpp {mpp:g} would enlarge {name} {1 / wanted:.3g}× to {width:,.0f} × {height:,.0f} pixels: "
+                f"--allow-upsampling goes to {MAX_UPSAMPLING}× at most (--mpp {base_mpp / MAX_UPSAMPLING:g})"
+            )
         level = max((i for i, d in enumerate(downsamples) if d <= wanted * (1 + 1e-9)), default=0)
         scale = wanted / downsamples[level]
     else:

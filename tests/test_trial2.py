@@ -7,9 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
+import openslide
 import pytest
+import pyvips
+import tifffile
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -254,3 +258,86 @@ def test_a_model_failing_mid_run_is_named_with_the_tile(tmp_path, tissue):
     )
     one_error_line(result, "flaky.pt failed: IndexError: index 7", "(tiles from x 128, y 0 on)")
     assert not (tmp_path / "o.tif").exists() and not partials(tmp_path)
+
+
+# 10. Zip bombs ----------------------------------------------------------------------------------
+
+
+def test_a_zip_bomb_checkpoint_is_refused_before_unpacking(tmp_path, image, checkpoint):
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(checkpoint) as real, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in real.infolist():
+            if entry.filename.endswith("/data/0"):  # the first tensor's bytes: torch would inflate them all
+                with out.open(entry.filename, "w", force_zip64=True) as big:  # 512 MB of zeros in < 1 MB
+                    for _ in range(512):
+                        big.write(bytes(1 << 20))
+            else:
+                out.writestr(entry.filename, real.read(entry))
+    assert bomb.stat().st_size < 2 << 20
+    result = dn("translate", image, "-o", tmp_path / "o.tif", "--model", bomb)
+    one_error_line(result, "bomb.pt would unpack 0.5 GB from ", "refused before unpacking")
+    assert dn("info", bomb).exit_code == 1
+
+
+# 5, 24. Output options that a format ignores, or readers cannot open ------------------------------
+
+
+def test_webp_tiffs_warn_that_openslide_cannot_open_them(tmp_path, image, checkpoint):
+    out = tmp_path / "o.tif"
+    result = dn("translate", image, "-o", out, "--model", checkpoint, "--compression", "webp", "-q")
+    assert result.exit_code == 0 and "OpenSlide" in result.stderr and "cannot open WebP" in result.stderr
+    with pytest.raises(openslide.OpenSlideError, match="50001"):  # what the warning says
+        openslide.OpenSlide(str(out))
+    assert tifffile.imread(out).shape == (200, 300, 3)  # and what it says reads it
+
+
+def test_options_a_picture_ignores_are_named_and_jpeg_takes_the_quality(tmp_path, image, checkpoint):
+    result = dn(
+        "translate",
+        image,
+        "-o",
+        tmp_path / "o.png",
+        "--model",
+        checkpoint,
+        "-q",
+        "--format",
+        "ome-tiff",
+        "--quality",
+        50,
+    )
+    assert result.exit_code == 0 and "--format and --quality ignored: o.png is not a .tif" in result.stderr
+    sizes = {}
+    for quality in (30, 95):
+        out = tmp_path / f"q{quality}.jpg"
+        result = dn("translate", image, "-o", out, "--model", checkpoint, "-q", "--quality", quality)
+        assert result.exit_code == 0 and result.stderr == "", result.stderr
+        sizes[quality] = out.stat().st_size
+    assert sizes[30] < sizes[95] / 2
+
+
+# 7. Upsampling bounded ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mpp", ["0.001", "1e-300"])
+def test_upsampling_is_bounded_and_names_the_size(tmp_path, checkpoint, tissue, mpp):
+    slide = tmp_path / "s.tif"
+    tifffile.imwrite(
+        slide, tissue, tile=(256, 256), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER"
+    )  # 0.5 µm
+    result = dn("translate", slide, "-o", tmp_path / "o.tif", "--model", checkpoint, "--mpp", mpp, "--allow-upsampling")
+    one_error_line(result, "would enlarge s.tif", " pixels: --allow-upsampling goes to 4× at most (--mpp 0.125)")
+    result = dn(
+        "translate",
+        slide,
+        "-o",
+        tmp_path / "o.tif",
+        "--model",
+        checkpoint,
+        "--mpp",
+        0.25,
+        "--allow-upsampling",
+        "--norm",
+        "in",
+        "-q",
+    )
+    assert result.exit_code == 0 and pyvips.Image.new_from_file(str(tmp_path / "o.tif")).width == 1024

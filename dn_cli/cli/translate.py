@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from dn_cli.batch import (
     DEFAULT_PATTERNS,
@@ -82,7 +83,7 @@ class PixelSize(click.ParamType):
 @click.option(
     "--allow-upsampling",
     is_flag=True,
-    help="Accept an --mpp finer than the slide was scanned at (refused otherwise: no detail is gained).",
+    help="Accept an --mpp finer than the slide was scanned at, up to 4× (refused otherwise: no detail is gained).",
 )
 @click.option(
     "--mpp-override",
@@ -252,6 +253,7 @@ def translate(
     suffix = ".ome.tif" if output_format == "ome-tiff" else ".tif"
     jobs = plan_jobs(found, output, one_file=one_file, suffix=suffix, preview=preview, tissue_mask=tissue_mask)
     check_jobs(jobs)  # the whole list, so every shard of a job array refuses the same clashes
+    warn_unused_options(ctx, jobs, compression)
     if shard_spec:
         k, n = parse_shard(shard_spec)
         jobs = shard(jobs, k, n)
@@ -310,6 +312,24 @@ def translate(
     )
     if failed:
         ctx.exit(1)
+
+
+def warn_unused_options(ctx: click.Context, jobs: list[Job], compression: str) -> None:
+    """Say which output options have no effect on these outputs, and which readers a WebP TIFF loses."""
+    pictures = [job.output for job in jobs if job.output.suffix.lower() in PICTURE_SUFFIXES]
+    if len(pictures) == len(jobs):
+        tiff_only = [("--compression", "compression"), ("--format", "output_format")]
+        if all(p.suffix.lower() == ".png" for p in pictures):
+            tiff_only.append(("--quality", "quality"))  # a .jpg takes it
+        given = [flag for flag, name in tiff_only if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+        if given:
+            click.echo(f"dn: warning: {' and '.join(given)} ignored: {pictures[0].name} is not a .tif", err=True)
+    elif compression == "webp":
+        click.echo(
+            "dn: warning: --compression webp: OpenSlide (and the viewers built on it) cannot open WebP TIFFs; "
+            "libvips and tifffile can",
+            err=True,
+        )
 
 
 def describe(paths: list[Path]) -> str:

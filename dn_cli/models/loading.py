@@ -148,6 +148,24 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse an archive that would inflate far beyond its size, before anything is unpacked:
+    PyTorch stores its tensors uncompressed, so a checkpoint holds about what it weighs."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ModelError(f"cannot read {path}: a damaged archive ({first_line(e)})") from e
+    weight = path.stat().st_size
+    if declared > 4 * weight + (64 << 20):
+        raise ModelError(
+            f"{path} would unpack {declared / 2**30:.1f} GB from {weight / 2**20:.1f} MB: "
+            "not a PyTorch checkpoint (they are stored uncompressed), refused before unpacking"
+        )
+
+
 def _is_state_dict(obj) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -158,6 +176,7 @@ def _read(path: Path, trust_code: bool) -> tuple[object, str]:
         raise ModelError(f"{path} is a folder, not a model file")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    _check_declared_sizes(path)
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():  # torch.jit.load is deprecated, still the way to read these
