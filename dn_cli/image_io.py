@@ -188,6 +188,7 @@ class PyramidTiffSink:
         self._current, self._current_start = memoryview(b""), len(self._header)  # the band being read
         self._ended = False  # the end marker was taken from the queue
         self._failure: BaseException | None = None
+        self._aborted = False
         options = {
             "tile": True,
             "tile_width": 256,
@@ -245,9 +246,13 @@ class PyramidTiffSink:
             source.on_read(self._read)
             source.on_seek(self._seek)
             image = pyvips.Image.new_from_source(source, "", access="sequential")
+            image = image.copy()
             if description:
-                image = image.copy()
                 image.set_type(pyvips.GValue.gstr_type, "image-description", description)
+            # On abort libvips would otherwise compute and write the whole rest of the image (minutes
+            # for a big slide) before it noticed the stream had ended: its own kill flag stops it.
+            image.set_progress(True)
+            image.signal_connect("eval", lambda im, _progress: im.set_kill(True) if self._aborted else None)
             image.tiffsave(str(self.path), **options)
         except BaseException as e:  # reported to the translating thread by _put / close
             self._failure = e
@@ -291,6 +296,7 @@ class PyramidTiffSink:
     def abort(self) -> None:
         """Stop the writer (what it wrote stays: the file is the caller's, see ``outputs.Partial``)."""
         self._failure = self._failure or OutputError("aborted")
+        self._aborted = True
         while self._thread.is_alive():
             try:
                 self._bands.put(None, timeout=0.1)  # ends the stream: libvips fails on the short image

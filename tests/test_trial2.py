@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dn_cli.geometry import Box
+from dn_cli.image_io import PyramidTiffSink
+
 from .test_reliability import dn, files_in, one_error_line, partials, png
 
 
@@ -341,3 +344,19 @@ def test_upsampling_is_bounded_and_names_the_size(tmp_path, checkpoint, tissue, 
         "-q",
     )
     assert result.exit_code == 0 and pyvips.Image.new_from_file(str(tmp_path / "o.tif")).width == 1024
+
+
+# 9. An abort stops the writer at once -----------------------------------------------------------
+
+
+def test_an_abort_does_not_write_the_rest_of_the_image(tmp_path):
+    """libvips used to compute and compress every unwritten row before failing on the short
+    stream (minutes on a big slide; Slurm kills after 30 s): its kill flag now stops it, so the
+    temporary holds about what was written (a flat band here), not the whole 16384² pyramid."""
+    path = tmp_path / "big.tif"
+    sink = PyramidTiffSink(path, 16384, 16384)
+    for y in range(0, 2048, 512):
+        sink.write(Box(0, y, 16384, 512), np.full((512, 16384, 3), 128, np.uint8))
+    sink.abort()
+    assert not sink._thread.is_alive()
+    assert path.stat().st_size < 1 << 20  # the whole image: 5.9 MB
