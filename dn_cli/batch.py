@@ -118,9 +118,15 @@ class Job:
         return sidecar_path(self.output)
 
     @property
+    def roles(self) -> list[tuple[str, Path]]:
+        """(role, path) of every file the job writes, the output first (publishing it claims the name)."""
+        named = [("output", self.output), ("provenance record", self.sidecar)]
+        return named + [(role, p) for role, p in (("tissue mask", self.tissue_mask), ("preview", self.preview)) if p]
+
+    @property
     def files(self) -> list[Path]:
-        """What the job writes, the output first (publishing it claims the name)."""
-        return [self.output, self.sidecar, *(p for p in (self.tissue_mask, self.preview) if p is not None)]
+        """What the job writes, the output first."""
+        return [path for _, path in self.roles]
 
 
 def picture_path(option: Path, source: Path, folder: Path, kind: str) -> Path:
@@ -167,28 +173,24 @@ def check_jobs(jobs: list[Job]) -> None:
     """Refuse, before any work, a run that would write one file twice or write over one of its inputs."""
     inputs = [job.source for job in jobs]
     for job in jobs:
-        for path in job.files:
+        for role, path in job.roles:
             for source in inputs:
                 if _same_file(path, source):
                     raise DnError(
-                        f"{path} is an input of this run and would be written over as the {_role(job, path)} "
+                        f"{path} is an input of this run and would be written over as the {role} "
                         f"of {job.source}: write to another folder"
                     )
-    writers: dict[str, tuple[Job, Path]] = {}
+    writers: dict[str, tuple[Job, str]] = {}
     for job in jobs:
-        for path in job.files:
+        for role, path in job.roles:
             key = os.path.realpath(path)
             if key in writers:
                 other, first = writers[key]
                 raise DnError(
-                    f"{path} would be written twice: as the {_role(other, first)} of {other.source} and as the "
-                    f"{_role(job, path)} of {job.source}" + _clash_hint(other, job)
+                    f"{path} would be written twice: as the {first} of {other.source} and as the "
+                    f"{role} of {job.source}" + _clash_hint(other, job)
                 )
-            writers[key] = (job, path)
-
-
-def _role(job: Job, path: Path) -> str:
-    return {job.output: "output", job.sidecar: "provenance record", job.preview: "preview"}.get(path, "tissue mask")
+            writers[key] = (job, role)
 
 
 def _clash_hint(a: Job, b: Job) -> str:

@@ -111,12 +111,15 @@ class ImageFileSink(Canvas):
     """Assembles a PNG or JPEG output in memory and saves it to ``path`` (format by suffix, JPEG at
     ``quality``) when closed."""
 
-    def __init__(self, path: Path, width: int, height: int, quality: int | None = None) -> None:
+    def __init__(
+        self, path: Path, width: int, height: int, quality: int | None = None, name: str | None = None
+    ) -> None:
+        check_size(Path(name or path.name), width, height)
         super().__init__(width, height)
-        self.path, self.quality = path, quality
+        self.path, self.quality, self.name = path, quality, name
 
     def close(self) -> None:
-        save_picture(self.pixels, self.path, self.quality)
+        save_picture(self.pixels, self.path, self.quality, self.name)
 
 
 def image_info(path: Path) -> dict:
@@ -360,7 +363,7 @@ def open_sink(
             ome=ome,
             name=name,
         )
-    return ImageFileSink(path, width, height, quality)
+    return ImageFileSink(path, width, height, quality, name)
 
 
 def write_test_slide(path: Path, sample: Path, size: int) -> None:
@@ -388,8 +391,21 @@ def thumbnail_file(path: Path, side: int) -> np.ndarray:
     return _to_rgb8(pyvips.Image.thumbnail(str(path), side)).numpy()
 
 
-def save_picture(pixels: np.ndarray, path: Path, quality: int | None = None) -> None:
-    """Write uint8 RGB pixels to ``path``, PNG or JPEG by its suffix (JPEG at ``quality``, else 90)."""
+MAX_SIDE = {".jpg": 65535, ".jpeg": 65535}  # what the format can hold
+
+
+def check_size(path: Path, width: int, height: int) -> None:
+    """Refuse, before the work, an output its format cannot hold."""
+    most = MAX_SIDE.get(path.suffix.lower())
+    if most is not None and max(width, height) > most:
+        raise OutputError(
+            f"{path.name} would be {width} × {height} pixels: JPEG holds at most {most} a side; write a .tif or .png"
+        )
+
+
+def save_picture(pixels: np.ndarray, path: Path, quality: int | None = None, name: str | None = None) -> None:
+    """Write uint8 RGB pixels to ``path``, PNG or JPEG by its suffix (JPEG at ``quality``, else 90);
+    errors name the file ``name`` (the final name of a temporary ``path``)."""
     options = SAVE_OPTIONS[path.suffix.lower()]
     if quality is not None and "Q" in options:
         options = {**options, "Q": quality}
@@ -397,4 +413,4 @@ def save_picture(pixels: np.ndarray, path: Path, quality: int | None = None) -> 
         image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb")
         image.write_to_file(str(path), **options)
     except pyvips.Error as e:
-        raise OutputError(f"cannot write {path.name}: {vips_reason(e)}") from e
+        raise OutputError(f"cannot write {name or path.name}: {vips_reason(e)}") from e

@@ -26,6 +26,45 @@ def os_reason(error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
+def _limit(path: Path, name: str, default: int) -> int:
+    """A file system limit (``PC_NAME_MAX``, ``PC_PATH_MAX``) where ``path`` would be (its nearest folder's)."""
+    folder = Path(os.path.abspath(path)).parent
+    while not os.path.isdir(folder) and folder != folder.parent:  # isdir: never raises on a long path
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
+
+
+def too_long(path: Path) -> str | None:
+    """Why ``path`` cannot exist on its file system (a name or path past its limits), or None."""
+    full = len(os.fsencode(os.path.abspath(path)))
+    if full >= (most := _limit(path, "PC_PATH_MAX", 4096)):
+        return f"a path of {full} bytes, past the system's {most}"
+    name = len(os.fsencode(path.name))
+    if name > (most := _limit(path, "PC_NAME_MAX", 255)):
+        return f"a name of {name} bytes, past the {most} its file system takes"
+    return None
+
+
+def check_name(path: Path) -> None:
+    """Refuse, before any work, a name dn could not publish: too long, or a link to nowhere."""
+    if reason := too_long(path):
+        raise OutputError(f"cannot write {shortened(path)}: {reason}")
+    if path.is_symlink() and not path.exists():
+        raise OutputError(
+            f"{path} is a link to {os.readlink(path)}, which does not exist: "
+            "dn does not write through links; remove it or give another name"
+        )
+
+
+def shortened(path: Path) -> str:
+    """A path short enough for a message."""
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:50]}…{text[-50:]}"
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -117,7 +156,7 @@ def _prefix(final: Path) -> str:
 
 def partials_of(final: Path) -> list[Path]:
     """Temporaries of ``final`` that any run, live or dead, left in its folder."""
-    if not final.parent.is_dir():
+    if too_long(final) or not final.parent.is_dir():
         return []
     return sorted(final.parent.glob(f"{glob.escape(_prefix(final))}*.partial*"))
 

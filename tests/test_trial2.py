@@ -360,3 +360,80 @@ def test_an_abort_does_not_write_the_rest_of_the_image(tmp_path):
     sink.abort()
     assert not sink._thread.is_alive()
     assert path.stat().st_size < 1 << 20  # the whole image: 5.9 MB
+
+
+# 13, 15. Names decided before the work ----------------------------------------------------------
+
+
+def test_a_record_name_past_the_limit_is_refused_before_any_work(tmp_path, tissue, checkpoint):
+    source = png(tmp_path / "in.png", tissue[:40, :40])
+    out = tmp_path / "out" / ("a" * 250 + ".tif")  # 254 bytes fit; its record's 259 do not
+    for _ in range(2):  # and a rerun says the same
+        line = one_error_line(dn("translate", source, "-o", out, "--model", checkpoint, "-q"))
+        assert ".tif.json: a name of 259 bytes, past the 255 its file system takes" in line
+        assert not (tmp_path / "out").exists()
+    deep = tmp_path.joinpath(*["d" * 200] * 21, "x.png")
+    one_error_line(dn("translate", deep, "-o", tmp_path / "o.tif"), "bytes, past the system's 4096")
+
+
+def test_a_dangling_link_as_output_is_refused_before_the_work(tmp_path, image, checkpoint):
+    out = tmp_path / "o.tif"
+    out.symlink_to(tmp_path / "nowhere" / "o.tif")
+    one_error_line(dn("translate", image, "-o", out, "--model", checkpoint), "is a link to", "does not exist")
+    assert out.is_symlink() and not partials(tmp_path)
+
+
+def test_a_size_a_format_cannot_hold_is_refused_before_the_work_naming_the_output(tmp_path, checkpoint):
+    wide = png(tmp_path / "wide.png", np.full((8, 70000, 3), 200, np.uint8))
+    result = dn("translate", wide, "-o", tmp_path / "o.jpg", "--model", checkpoint, "--tile-size", 64)
+    line = one_error_line(result, "o.jpg would be 70000 × 8 pixels: JPEG holds at most 65535")
+    assert ".partial" not in line and not partials(tmp_path)
+
+
+# 14, 21, 23. Folders and clashes ----------------------------------------------------------------
+
+
+def test_the_input_folder_as_output_is_refused_from_the_start(tmp_path, tissue, checkpoint):
+    png(tmp_path / "in" / "a.png", tissue[:40, :40])
+    for out in (tmp_path / "in", tmp_path / "in" / "."):
+        one_error_line(dn("translate", tmp_path / "in", "-o", out, "--model", checkpoint), "is the input folder")
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png"]
+
+
+def test_clashes_name_each_role(tmp_path, image, checkpoint):
+    result = dn("translate", image, "-o", tmp_path / "o.png", "--preview", tmp_path / "o.png", "--model", checkpoint)
+    one_error_line(result, "as the output of", "and as the preview of")
+    result = dn(
+        "translate",
+        image,
+        "-o",
+        tmp_path / "o.tif",
+        "--preview",
+        tmp_path / "p.png",
+        "--tissue-mask",
+        tmp_path / "p.png",
+        "--model",
+        checkpoint,
+    )
+    one_error_line(result, "as the tissue mask of", "and as the preview of")
+
+
+def test_picture_and_folder_names_mean_what_they_say(tmp_path, image, checkpoint):
+    for name in ("p.webp", "p.tif"):
+        one_error_line(
+            dn("translate", image, "-o", tmp_path / "o.tif", "--preview", tmp_path / name), "pictures are .png or .jpg"
+        )
+        assert not (tmp_path / name).exists()
+    result = dn(
+        "translate",
+        image,
+        "-o",
+        f"{tmp_path / 'ts.tif'}/",
+        "--model",
+        checkpoint,
+        "-q",
+        "--preview",
+        f"{tmp_path / 'p.webp'}/",
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ts.tif" / "in.tif").is_file() and (tmp_path / "p.webp" / "in_preview.png").is_file()

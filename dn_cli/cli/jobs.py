@@ -20,10 +20,10 @@ from tqdm import tqdm
 from dn_cli.batch import Job
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import TileGrid, fit_grid
-from dn_cli.image_io import image_description, open_sink, save_picture, thumbnail_file
+from dn_cli.image_io import check_size, image_description, open_sink, save_picture, thumbnail_file
 from dn_cli.images import ImageSource
 from dn_cli.levels import plausible_mpp
-from dn_cli.outputs import Partial, clear_stale_partials
+from dn_cli.outputs import Partial, check_name, clear_stale_partials
 from dn_cli.pipeline import TileRunner
 from dn_cli.pipeline import translate as run_translation
 from dn_cli.preview import side_by_side
@@ -72,6 +72,8 @@ def recorded_provenance(job: Job) -> dict | None:
 
 def files_to_make(job: Job, overwrite: bool) -> tuple[list[Path], dict | None]:
     """(the files of ``job`` to write, the provenance of its existing output when only completing it)."""
+    for path in job.files:  # every name it will write, before any work: a record that cannot follow its output
+        check_name(path)
     if overwrite or not job.output.exists():
         if not overwrite and (existing := [p for p in job.files[1:] if p.exists()]):  # the record too
             raise OutputError(f"{existing[0]} exists (use --overwrite to replace it)")
@@ -111,6 +113,8 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                     "not a microscope's: taken as unknown (--mpp-override gives the real one)",
                     err=True,
                 )
+            if job.output in parts:
+                check_size(job.output, source.width, source.height)  # before the work, not after it
             grid = fit_grid(source.width, source.height, s.tile_size, s.margin, runner.stride, runner.min_size)
             active = mask = None
             detect = s.tissue if s.tissue is not None else slide or job.tissue_mask is not None
@@ -120,7 +124,9 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                     click.echo(f"dn: warning: {job.source}: no tissue found; translating every tile", err=True)
                     active[:] = True
                 if job.tissue_mask in parts:
-                    save_picture(overlay(thumbnail, mask, active, grid), parts[job.tissue_mask].path)
+                    save_picture(
+                        overlay(thumbnail, mask, active, grid), parts[job.tissue_mask].path, name=job.tissue_mask.name
+                    )
             if job.output in parts:
                 settings = {
                     "norm": s.policy,
@@ -137,7 +143,7 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                 before = source.thumbnail(PREVIEW_SIDE)  # sources shrink by whole factors: the output matches it
                 output = parts[job.output].path if job.output in parts else job.output
                 after = thumbnail_file(output, max(before.shape[:2]))
-                save_picture(side_by_side(before, after, mask), parts[job.preview].path)
+                save_picture(side_by_side(before, after, mask), parts[job.preview].path, name=job.preview.name)
         for path in todo:  # the output first: linking it claims the name
             parts[path].publish(overwrite=overwrite)
     finally:

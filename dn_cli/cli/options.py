@@ -1,5 +1,6 @@
 """Options shared by several subcommands."""
 
+import os
 from pathlib import Path
 
 import click
@@ -8,7 +9,11 @@ from dn_cli.models import DEMO_MODEL, families
 
 
 class Location(click.Path):
-    """A path that is not empty: ``"$UNSET"`` must not mean the current folder."""
+    """A path that is not empty (``"$UNSET"`` must not mean the current folder). One given with a
+    trailing slash is a folder whatever its name (``-o slides.tif/``): noted in ``ctx.meta``, as
+    ``Path`` drops the slash."""
+
+    FOLDERS = "dn.folders"
 
     def __init__(self) -> None:
         super().__init__(path_type=Path)
@@ -16,6 +21,8 @@ class Location(click.Path):
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
             self.fail("is empty (an unset variable?): give a path, or . for the current folder", param, ctx)
+        if isinstance(value, str) and value.endswith(os.sep) and ctx is not None and param is not None:
+            ctx.meta.setdefault(self.FOLDERS, set()).add(param.name)
         return super().convert(value, param, ctx)
 
 

@@ -27,7 +27,7 @@ from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
 from dn_cli.image_io import OUTPUT_SUFFIXES, PICTURE_SUFFIXES, TIFF_COMPRESSIONS, check_output
 from dn_cli.models import load_generator
-from dn_cli.outputs import is_busy
+from dn_cli.outputs import is_busy, shortened, too_long
 from dn_cli.pipeline import POLICIES, TileRunner
 
 
@@ -232,19 +232,33 @@ def translate(
     if as_json and is_closed("stdout"):
         raise click.UsageError("--json writes to stdout, but stdout is closed")
     paths = read_inputs(inputs, null)
+    for path in [*paths, output, preview, tissue_mask]:
+        if path is not None and (reason := too_long(path)):
+            raise DnError(f"{shortened(path)}: {reason}")
     if not paths:
         raise DnError("no inputs: stdin held no paths" if "-" in map(str, inputs) else "no inputs")
     # One file in and an output with an extension: that file. Otherwise -o is a folder.
-    one_file = len(paths) == 1 and not paths[0].is_dir() and bool(output.suffix) and not output.is_dir()
+    folders = ctx.meta.get(Location.FOLDERS, set())  # given with a trailing slash: folders, whatever their names
+    one_file = (
+        len(paths) == 1 and not paths[0].is_dir() and bool(output.suffix) and not output.is_dir()
+    ) and "output" not in folders
     if one_file:
         check_output(output)
-    elif output.suffix.lower() in OUTPUT_SUFFIXES and not output.is_dir():
+    elif output.suffix.lower() in OUTPUT_SUFFIXES and not output.is_dir() and "output" not in folders:
         raise DnError(f"-o {output} names one file, but the inputs are {describe(paths)}: give a folder")
     elif output.exists() and not output.is_dir():
         raise DnError(f"-o {output} exists and is not a folder: give a folder for the outputs")
+    elif same := [p for p in paths if p.is_dir() and os.path.realpath(p) == os.path.realpath(output)]:
+        raise DnError(
+            f"-o {output} is the input folder {same[0]}: a rerun would take its outputs for inputs; give another folder"
+        )
     for option, value in (("--preview", preview), ("--tissue-mask", tissue_mask)):
-        if value is not None and value.exists() and not value.is_dir() and value.suffix.lower() not in PICTURE_SUFFIXES:
+        if value is None or value.is_dir() or value.suffix.lower() in PICTURE_SUFFIXES:
+            continue
+        if value.exists():
             raise DnError(f"{option} {value} exists and is not a folder or a .png / .jpg picture")
+        if value.suffix and option.lstrip("-").replace("-", "_") not in folders:
+            raise DnError(f"{option} {value}: pictures are .png or .jpg; for a folder, end it with /")
     found = expand_inputs(
         paths, recursive=recursive, patterns=patterns or DEFAULT_PATTERNS, skip=None if one_file else output
     )
