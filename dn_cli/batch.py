@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from dn_cli.dicom import series as dicom_series
 from dn_cli.errors import DnError
 from dn_cli.image_io import PICTURE_SUFFIXES
 from dn_cli.provenance import sidecar_path
@@ -38,12 +39,13 @@ def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
 
 def _in_folder(
     folder: Path, patterns: tuple[str, ...], recursive: bool, skip: set[Path], seen: set[Path]
-) -> list[Path]:
+) -> list[tuple[Path, str]]:
+    """(file, output stem) of every input in ``folder``."""
     seen.add(folder.resolve())
-    found: list[Path] = []
+    found: list[tuple[Path, str]] = []
     entries = sorted(folder.iterdir())
     names = {e.name for e in entries}
-    dicom_taken = False
+    dicom: list[Path] = []
     for entry in entries:
         if entry.is_dir():
             # An MRXS slide's data folder sits beside X.mrxs: it is part of that slide.
@@ -52,13 +54,13 @@ def _in_folder(
             if recursive and f"{entry.name}.mrxs" not in names and real not in seen and real not in skip:
                 found += _in_folder(entry, patterns, recursive, skip, seen)
         elif _matches(entry, patterns) and not entry.name.startswith("."):
-            # The files of a DICOM series are one slide: OpenSlide opens it from any of them.
             if entry.suffix.lower() == ".dcm":
-                if dicom_taken:
-                    continue
-                dicom_taken = True
-            found.append(entry)
-    return found
+                dicom.append(entry)
+            else:
+                found.append((entry, entry.stem))
+    # The files of a DICOM series are one slide (OpenSlide opens it from any of them); a flat
+    # export holds several series.
+    return found + dicom_series(dicom)
 
 
 def expand_inputs(
@@ -67,22 +69,23 @@ def expand_inputs(
     recursive: bool = False,
     patterns: tuple[str, ...] = DEFAULT_PATTERNS,
     skip: Path | None = None,
-) -> list[tuple[Path, Path]]:
-    """(file, folder of its output relative to ``-o``) for files as given and files found in folders.
+) -> list[tuple[Path, Path, str]]:
+    """(file, folder of its output relative to ``-o``, output stem) for files as given and files found
+    in folders (a DICOM series is named after its slide label, see ``dicom.series``).
 
     A file found in a folder keeps its place below that folder (``sub/x.svs`` → ``sub``), so
     files of the same name in different subfolders get different outputs; a file given itself
     has its output directly in ``-o``. Folders are searched for ``patterns`` (each real folder
     once, ``skip`` never); the result is sorted by path, each file once.
     """
-    found: dict[str, tuple[Path, Path]] = {}
+    found: dict[str, tuple[Path, Path, str]] = {}
     skipped = {skip.resolve()} if skip is not None else set()
     for path in paths:
         if path.is_dir():
-            for file in _in_folder(path, patterns, recursive, skipped, set()):
-                found.setdefault(os.path.realpath(file), (file, file.parent.relative_to(path)))
+            for file, stem in _in_folder(path, patterns, recursive, skipped, set()):
+                found.setdefault(os.path.realpath(file), (file, file.parent.relative_to(path), stem))
         else:  # a missing file fails on its own, with the others unaffected
-            found.setdefault(os.path.realpath(path), (path, Path()))
+            found.setdefault(os.path.realpath(path), (path, Path(), path.stem))
     return sorted(found.values())
 
 
@@ -129,16 +132,16 @@ class Job:
         return [path for _, path in self.roles]
 
 
-def picture_path(option: Path, source: Path, folder: Path, kind: str) -> Path:
+def picture_path(option: Path, stem: str, folder: Path, kind: str) -> Path:
     """A picture option naming a file (.png, .jpg) is that file; anything else is a folder that
     gets ``folder/NAME_kind.png``."""
     if option.suffix.lower() in PICTURE_SUFFIXES:
         return option
-    return option / folder / f"{source.stem}_{kind}.png"
+    return option / folder / f"{stem}_{kind}.png"
 
 
 def plan_jobs(
-    found: list[tuple[Path, Path]],
+    found: list[tuple[Path, Path, str]],
     output: Path,
     *,
     one_file: bool,
@@ -149,14 +152,14 @@ def plan_jobs(
     """A job per input: its output (``output`` itself for one file, else ``output/folder/NAME.suffix``)
     and the pictures asked for."""
     jobs = []
-    for source, folder in found:
-        target = output if one_file else output / folder / f"{source.stem}{suffix}"
+    for source, folder, stem in found:
+        target = output if one_file else output / folder / f"{stem}{suffix}"
         jobs.append(
             Job(
                 source,
                 target,
-                None if preview is None else picture_path(preview, source, folder, "preview"),
-                None if tissue_mask is None else picture_path(tissue_mask, source, folder, "tissue"),
+                None if preview is None else picture_path(preview, stem, folder, "preview"),
+                None if tissue_mask is None else picture_path(tissue_mask, stem, folder, "tissue"),
             )
         )
     return jobs

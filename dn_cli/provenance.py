@@ -21,14 +21,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def provenance(source: Path, model: Path, family: str, settings: dict) -> dict:
+def provenance(source: Path, model: Path, model_sha256: str, family: str, settings: dict) -> dict:
     """Tool version, model and its hash, settings, source and command line of one translation."""
     return {
         "software": f"dn {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": str(source.resolve()),
         "model": str(model.resolve()),
-        "model_sha256": file_sha256(model),
+        "model_sha256": model_sha256,
         "model_family": family,
         **settings,
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],

@@ -48,8 +48,9 @@ def test_a_corrupt_slide_fails_alone_and_a_rerun_resumes(tmp_path, folder, check
 def test_fail_fast_stops_at_the_first_failure(tmp_path, folder, checkpoint):
     result = run(folder, "-o", tmp_path / "out", "--model", checkpoint, "--fail-fast", "--json")
     assert result.exit_code == 1
-    assert [json.loads(line)["status"] for line in result.stdout.splitlines()] == ["done", "failed"]
+    assert [json.loads(line)["status"] for line in result.stdout.splitlines()] == ["done", "failed", "not attempted"]
     assert not (tmp_path / "out" / "c_good.tif").exists()
+    assert "3 inputs: 1 translated, 0 skipped, 1 failed, 1 not attempted (--fail-fast) (b_corrupt.svs)" in result.stderr
 
 
 def test_json_lines_describe_each_slide(tmp_path, folder, checkpoint):
@@ -101,9 +102,9 @@ def test_folder_expansion_keeps_mrxs_data_and_dicom_series_whole(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).touch()
     flat = expand_inputs([tmp_path])
-    assert [p.relative_to(tmp_path).as_posix() for p, _ in flat] == ["x.mrxs"]
+    assert [p.relative_to(tmp_path).as_posix() for p, _, _ in flat] == ["x.mrxs"]
     deep = expand_inputs([tmp_path], recursive=True)
-    assert [p.relative_to(tmp_path).as_posix() for p, _ in deep] == ["series/1.dcm", "sub/y.svs", "x.mrxs"]
+    assert [p.relative_to(tmp_path).as_posix() for p, _, _ in deep] == ["series/1.dcm", "sub/y.svs", "x.mrxs"]
     jobs = plan_jobs(deep, tmp_path / "out", one_file=False)
     assert [j.output.relative_to(tmp_path / "out").as_posix() for j in jobs] == ["series/1.tif", "sub/y.tif", "x.tif"]
 

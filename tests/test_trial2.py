@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -437,3 +438,38 @@ def test_picture_and_folder_names_mean_what_they_say(tmp_path, image, checkpoint
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ts.tif" / "in.tif").is_file() and (tmp_path / "p.webp" / "in_preview.png").is_file()
+
+
+# 25. A malicious pickle is called what it is -----------------------------------------------------
+
+
+class RunsACommand:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_pickle_that_runs_code_says_so_and_what_trust_means(tmp_path, image, protocol, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "evil.pth"
+    model.write_bytes(pickle.dumps({"weights": RunsACommand()}, protocol=protocol))
+    line = one_error_line(dn("translate", image, "-o", tmp_path / "o.tif", "--model", model))
+    assert "would run code from the file" in line and "--trust-model-code" in line and "truncated" not in line
+    assert not (tmp_path / "pwned").exists()
+
+
+# 26, 27. Batches that say what happened ---------------------------------------------------------
+
+
+def test_a_rerun_with_another_model_does_not_pass_for_done(tmp_path, tissue, checkpoint):
+    png(tmp_path / "in" / "a.png", tissue[:40, :40])
+    out = tmp_path / "out"
+    assert dn("translate", tmp_path / "in", "-o", out, "--model", checkpoint, "-q").exit_code == 0
+    before = files_in(out)
+    again = dn("translate", tmp_path / "in", "-o", out, "-q", "--json")  # the bundled model this time
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["reason"] == "exists, made with another model"
+    assert "was made with another model" in again.stderr and "--overwrite replaces it" in again.stderr
+    same = dn("translate", tmp_path / "in", "-o", out, "-q", "--json", "--model", checkpoint)
+    assert json.loads(same.stdout)["reason"] == "exists" and same.stderr == ""
+    assert files_in(out) == before

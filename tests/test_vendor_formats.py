@@ -1,6 +1,7 @@
 """Vendor slide formats written at test time by real writer libraries, read through OpenSlide."""
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -163,3 +164,25 @@ def test_dicom_folder_translated_once_at_the_chosen_scale(tmp_path, dicom, check
     assert json.loads(outputs[0].with_name(outputs[0].name + ".json").read_text())["tissue_tiles"] is not None
     if not args:  # the glass third: some of the 24 tiles (at coarser scales tissue reaches every column)
         assert record["tiles_skipped"] > 0
+
+
+def test_a_flat_folder_of_two_dicom_slides_gives_two_outputs(tmp_path, svs, dicom, checkpoint):
+    """A flat export: two slides' series in one folder. Each series is one slide, named after
+    what its header calls it, never after an instance UID."""
+    flat = tmp_path / "export"
+    flat.mkdir()
+    second = tmp_path / "second"
+    dicomize(svs, second, [0, 1])
+    for path in [*dicom.glob("*.dcm"), *second.glob("*.dcm")]:
+        shutil.copy(path, flat / path.name)
+    dry = translate(flat, "-o", tmp_path / "out", "--dry-run", "--json")
+    assert len(dry.stdout.splitlines()) == 2, dry.output
+    result = translate(flat, "-o", tmp_path / "out", "--model", checkpoint, "--norm", "in", "--json")
+    assert result.exit_code == 0, result.output
+    outputs = sorted(p.name for p in (tmp_path / "out").glob("*.tif"))
+    assert len(outputs) == 2 and not any(name[0].isdigit() for name in outputs), outputs
+    sizes = set()
+    for name in outputs:
+        with openslide.OpenSlide(str(tmp_path / "out" / name)) as slide:
+            sizes.add(slide.dimensions)
+    assert sizes == {(1536, 1024)}

@@ -41,6 +41,7 @@ class Settings:
     """Everything about how one slide is translated, shared by every slide of a batch."""
 
     model_path: Path
+    model_sha256: str
     family: str
     level: int | None
     mpp: float | None
@@ -97,6 +98,14 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
         return {"status": "skipped", "reason": "another dn run is writing it"}
     todo, record = files_to_make(job, overwrite)
     if not todo:
+        made_with = (recorded_provenance(job) or {}).get("model_sha256")
+        if made_with not in (None, s.model_sha256):  # a rerun with a new model must not pass for done
+            click.echo(
+                f"dn: warning: {job.output} was made with another model (sha256 {made_with[:12]}…, "
+                f"not {s.model_path.name}): kept; --overwrite replaces it",
+                err=True,
+            )
+            return {"status": "skipped", "reason": "exists, made with another model"}
         return {"status": "skipped", "reason": "exists"}
     parts: dict[Path, Partial] = {}
     try:
@@ -135,7 +144,7 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                     "mpp": source.mpp,
                     "tissue_tiles": None if active is None else int(active.sum()),
                 }
-                record = provenance(job.source, s.model_path, s.family, settings)
+                record = provenance(job.source, s.model_path, s.model_sha256, s.family, settings)
                 translate_into(parts[job.output].path, job.output.name, source, runner, s, record, grid, active, label)
             if job.sidecar in parts:
                 write_sidecar(parts[job.sidecar].path, record)
@@ -222,15 +231,19 @@ def run_jobs(
 ) -> list[str]:
     """Translate every job; in a batch each fails alone. Returns the failed names."""
     started = time.time()  # temporaries older than this, and unlocked, were left by dead runs
-    counts = {"done": 0, "completed": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "completed": 0, "skipped": 0, "failed": 0, "not attempted": 0}
     failed: list[str] = []
     for number, job in enumerate(jobs, 1):
+        if failed and fail_fast:  # each input still gets its line, so the counts add up
+            counts["not attempted"] += 1
+            emit({"input": str(job.source), "output": str(job.output), "status": "not attempted"}, as_json, None)
+            continue
         record = {"input": str(job.source), "output": str(job.output)}
         label = f"[{number}/{len(jobs)}] {job.source.name}" if len(jobs) > 1 else job.source.name
         try:
             record |= translate_one(job, runner, settings, label, overwrite=overwrite, started=started)
             if one_file and record["status"] == "skipped":
-                if record["reason"] == "exists":
+                if record["reason"].startswith("exists"):
                     raise OutputError(f"{job.output} exists (use --overwrite to replace it)")
                 raise OutputError(f"{job.output} is being written by another dn run")
         except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
@@ -243,12 +256,12 @@ def run_jobs(
         counts[record["status"]] += 1
         text = f"{label}: {record['status']}" + (f" ({record['reason']})" if "reason" in record else "")
         emit(record, as_json, None if settings.quiet else f"{text} → {job.output}")
-        if failed and fail_fast:
-            break
     if len(jobs) > 1 or failed:
         parts = [f"{counts['done']} translated", f"{counts['skipped']} skipped", f"{counts['failed']} failed"]
         if counts["completed"]:
             parts.insert(1, f"{counts['completed']} completed")
+        if counts["not attempted"]:
+            parts.append(f"{counts['not attempted']} not attempted (--fail-fast)")
         summary = f"{plural(len(jobs), 'input')}: {', '.join(parts)}"
         click.echo(summary + (f" ({', '.join(failed)})" if failed else ""), err=True)
     return failed

@@ -29,6 +29,7 @@ from dn_cli.image_io import OUTPUT_SUFFIXES, PICTURE_SUFFIXES, TIFF_COMPRESSIONS
 from dn_cli.models import load_generator
 from dn_cli.outputs import is_busy, shortened, too_long
 from dn_cli.pipeline import POLICIES, TileRunner
+from dn_cli.provenance import file_sha256
 
 
 def read_inputs(inputs: tuple[Path, ...], null: bool = False) -> list[Path]:
@@ -297,6 +298,7 @@ def translate(
     runner = TileRunner(generator, torch_device, dtype)
     settings = Settings(
         model_path=model_path,
+        model_sha256=file_sha256(model_path),
         family=generator.family,
         level=level,
         mpp=mpp,

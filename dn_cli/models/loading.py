@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.resources
+import re
 import sys
 import warnings
 import zipfile
@@ -186,17 +187,21 @@ def _read(path: Path, trust_code: bool) -> tuple[object, str]:
         except Exception as e:
             raise ModelError(f"cannot load {path} as TorchScript: {first_line(e)}") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_code), "state dict"
+        with warnings.catch_warnings():  # the safe unpickler warns about protocols before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=not trust_code), "state dict"
     except (AttributeError, ImportError) as e:  # trusted: a pickled class that is not importable here
         raise ModelError(
             f"{path} pickles a whole model whose class cannot be imported here ({first_line(e)}): "
             "in the training code, save model.state_dict() instead and load that"
         ) from e
     except Exception as e:  # torch raises many types for foreign or truncated files
-        if "Unsupported global" in str(e):
+        if "Weights only load failed" in str(e):  # a pickle the safe loader refuses: code to run, or its opcodes
+            named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            what = f"pickled Python code ({named[1]})" if named else "pickled Python objects"
             raise ModelError(
-                f"{path} holds pickled Python objects (a whole model?); loading it can run "
-                "arbitrary code: pass --trust-model-code if you trust its source"
+                f"{path} holds {what}, not only weights; loading it would run code from the file: "
+                "--trust-model-code does so, only for a file from a source you trust"
             ) from e
         raise ModelError(f"cannot read {path}: not a PyTorch checkpoint, or truncated") from e
 
