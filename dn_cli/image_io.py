@@ -19,6 +19,7 @@ from dn_cli.errors import InputError, OutputError, first_line
 from dn_cli.geometry import Box
 from dn_cli.images import Canvas, ClosedOnExit, block_thumbnail
 from dn_cli.levels import plausible_mpp
+from dn_cli.native_paths import native, printable
 from dn_cli.strip_tiff import strip_tiff_header
 from dn_cli.tiff_image import forget_resolution
 
@@ -52,7 +53,7 @@ class VipsImage(ClosedOnExit):
             raise InputError(f"input not found: {path}")
         self.path = path
         try:
-            image = pyvips.Image.new_from_file(str(path), access="random", fail_on="truncated", revalidate=True)
+            image = pyvips.Image.new_from_file(native(path), access="random", fail_on="truncated", revalidate=True)
             self.recorded_mpp = _mpp(image)  # what the file says, plausible or not
             self.mpp = plausible_mpp(self.recorded_mpp)
             self._image = _to_rgb8(image)
@@ -127,7 +128,7 @@ def image_info(path: Path) -> dict:
     if not path.is_file():
         raise InputError(f"input not found: {path}")
     try:
-        image = pyvips.Image.new_from_file(str(path))
+        image = pyvips.Image.new_from_file(native(path))
     except pyvips.Error as e:
         raise InputError(f"cannot read {path}: {unreadable(e)}") from e
     fields = image.get_fields()
@@ -206,7 +207,7 @@ class PyramidTiffSink:
             options.update(xres=1000 / mpp, yres=1000 / mpp, resunit="cm")  # libvips takes pixels per mm
         if ome:  # pyramid levels as SubIFDs of the full-resolution image, described by OME-XML
             options["subifd"] = True
-            description = ome_xml(self.name, width, height, mpp, description)
+            description = ome_xml(printable(self.name), width, height, mpp, description)
         self._thread = threading.Thread(target=self._save, args=(options, description), name="dn-tiffsave", daemon=True)
         self._thread.start()
 
@@ -256,7 +257,7 @@ class PyramidTiffSink:
             # for a big slide) before it noticed the stream had ended: its own kill flag stops it.
             image.set_progress(True)
             image.signal_connect("eval", lambda im, _progress: im.set_kill(True) if self._aborted else None)
-            image.tiffsave(str(self.path), **options)
+            image.tiffsave(native(self.path), **options)
         except BaseException as e:  # reported to the translating thread by _put / close
             self._failure = e
 
@@ -380,7 +381,7 @@ def write_test_slide(path: Path, sample: Path, size: int) -> None:
 def image_description(path: Path) -> str | None:
     """The ImageDescription of a TIFF (None for other files, or where there is none)."""
     try:
-        image = pyvips.Image.new_from_file(str(path))
+        image = pyvips.Image.new_from_file(native(path))
         return image.get("image-description") if "image-description" in image.get_fields() else None
     except pyvips.Error:
         return None
@@ -388,7 +389,7 @@ def image_description(path: Path) -> str | None:
 
 def thumbnail_file(path: Path, side: int) -> np.ndarray:
     """An image file shrunk to at most ``side`` pixels (from its pyramid when it has one)."""
-    return _to_rgb8(pyvips.Image.thumbnail(str(path), side)).numpy()
+    return _to_rgb8(pyvips.Image.thumbnail(native(path), side)).numpy()
 
 
 MAX_SIDE = {".jpg": 65535, ".jpeg": 65535}  # what the format can hold
@@ -411,6 +412,6 @@ def save_picture(pixels: np.ndarray, path: Path, quality: int | None = None, nam
         options = {**options, "Q": quality}
     try:
         image = pyvips.Image.new_from_array(np.ascontiguousarray(pixels), interpretation="srgb")
-        image.write_to_file(str(path), **options)
+        image.write_to_file(native(path), **options)
     except pyvips.Error as e:
         raise OutputError(f"cannot write {name or path.name}: {vips_reason(e)}") from e

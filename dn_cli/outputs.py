@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from dn_cli.errors import OutputError
+from dn_cli.native_paths import printable
 
 
 def os_reason(error: OSError) -> str:
@@ -149,8 +150,11 @@ def _link_new(source: Path, target: Path) -> None:
 
 def _prefix(final: Path) -> str:
     name = final.name
-    if len(name.encode()) > 200:  # near the file system's limit (255 bytes): cut, kept unique by a hash
-        name = f"{name[:100]}~{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    raw = os.fsencode(name)
+    # Near the file system's limit (255 bytes), or not UTF-8 (which libvips cannot be given): cut
+    # to a UTF-8 part, kept unique by a hash.
+    if len(raw) > 200 or printable(name) != name:
+        name = f"{printable(name)[:100].replace(chr(92), '_')}~{hashlib.sha1(raw).hexdigest()[:12]}"
     return f".{name}."
 
 

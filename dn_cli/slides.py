@@ -18,12 +18,13 @@ from dn_cli.errors import InputError
 from dn_cli.geometry import Box
 from dn_cli.images import ClosedOnExit, area_shrink, opaque
 from dn_cli.levels import choose_resolution, plausible_mpp
+from dn_cli.native_paths import native
 
 
 def slide_format(path: Path) -> str | None:
     """The format OpenSlide reads ``path`` as (``aperio``, ``dicom``, ``generic-tiff``...), or None."""
     try:
-        return openslide.OpenSlide.detect_format(str(path))
+        return openslide.OpenSlide.detect_format(native(path))
     except openslide.OpenSlideError:
         return None
 
@@ -61,7 +62,7 @@ class SlideImage(ClosedOnExit):
         allow_upsampling: bool = False,
     ) -> None:
         try:
-            self._slide = openslide.OpenSlide(str(path))
+            self._slide = openslide.OpenSlide(native(path))
         except openslide.OpenSlideError as e:
             raise InputError(f"cannot read {path} as a slide: {e}") from e
         self.path = path

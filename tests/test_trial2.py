@@ -473,3 +473,39 @@ def test_a_rerun_with_another_model_does_not_pass_for_done(tmp_path, tissue, che
     same = dn("translate", tmp_path / "in", "-o", out, "-q", "--json", "--model", checkpoint)
     assert json.loads(same.stdout)["reason"] == "exists" and same.stderr == ""
     assert files_in(out) == before
+
+
+# 12. Names that are not UTF-8 -------------------------------------------------------------------
+
+
+def test_names_that_are_not_utf8_are_translated_and_recorded(tmp_path, tissue, checkpoint):
+    folder = tmp_path / os.fsdecode(b"d\xe9p\xf4t")  # latin-1, as a Windows share keeps them
+    source = folder / os.fsdecode(b"caf\xe9.png")
+    folder.mkdir()
+    png(tmp_path / "utf8.png", tissue[:64, :64]).rename(source)  # libvips itself cannot be given the name
+    out = folder / "out"
+    done = real_dn(
+        "translate",
+        folder,
+        "-o",
+        out,
+        "--model",
+        checkpoint,
+        "-q",
+        "--preview",
+        out,
+        "--format",
+        "ome-tiff",
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr
+    made = sorted(os.fsencode(p.name) for p in out.iterdir())
+    assert made == [b"caf\xe9.ome.tif", b"caf\xe9.ome.tif.json", b"caf\xe9_preview.png"]
+    record = json.loads((out / os.fsdecode(b"caf\xe9.ome.tif.json")).read_text())
+    assert os.fsencode(record["source"]) == os.fsencode(source.resolve())
+    with tifffile.TiffFile(out / os.fsdecode(b"caf\xe9.ome.tif")) as tif:
+        assert tif.pages[0].shape == (64, 64, 3)
+    one = real_dn(
+        "translate", source, "-o", folder / os.fsdecode(b"s\xe9.tif"), "--model", checkpoint, "-q", capture_output=True
+    )
+    assert one.returncode == 0 and (folder / os.fsdecode(b"s\xe9.tif")).exists(), one.stderr
