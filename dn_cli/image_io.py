@@ -387,9 +387,9 @@ def image_description(path: Path) -> str | None:
         return None
 
 
-def thumbnail_file(path: Path, side: int) -> np.ndarray:
-    """An image file shrunk to at most ``side`` pixels (from its pyramid when it has one)."""
-    return _to_rgb8(pyvips.Image.thumbnail(native(path), side)).numpy()
+def thumbnail_file(path: Path, width: int, height: int) -> np.ndarray:
+    """An image file shrunk to ``width × height`` (from its pyramid when it has one)."""
+    return _to_rgb8(pyvips.Image.thumbnail(native(path), width, height=height, size="force")).numpy()
 
 
 MAX_SIDE = {".jpg": 65535, ".jpeg": 65535}  # what the format can hold

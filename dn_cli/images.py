@@ -69,17 +69,18 @@ def block_thumbnail(source: ImageSource, max_side: int, band_bytes: int = 16 << 
     """``source`` area-averaged by the smallest integer factor that fits ``max_side`` (a remainder
     of fewer rows or columns than the factor is left out), read a band of rows at a time."""
     factor = -(-max(source.width, source.height) // max_side)
-    if factor == 1:
+    fy, fx = min(factor, source.height), min(factor, source.width)  # a side thinner than the factor: 1 pixel
+    if fy == fx == 1:
         return source.read(Box(0, 0, source.width, source.height))
-    h, w = source.height // factor * factor, source.width // factor * factor
-    rows = max(1, band_bytes // (w * 3 * factor)) * factor
+    h, w = source.height // fy * fy, source.width // fx * fx
+    rows = max(1, band_bytes // (w * 3 * fy)) * fy
     bands = []
     for y in range(0, h, rows):
         pixels = source.read(Box(0, y, w, min(rows, h - y)))
-        n = len(pixels) // factor  # sums in integers, one axis at a time: exact, and fast on strided data
-        sums = pixels.reshape(n, factor, w * 3).sum(axis=1, dtype=np.uint32).reshape(n, w // factor, factor, 3)
-        bands.append((sums.sum(axis=2) / factor**2).round().astype(np.uint8))
-    return np.concatenate(bands) if bands else np.empty((0, w // factor, 3), np.uint8)
+        n = len(pixels) // fy  # sums in integers, one axis at a time: exact, and fast on strided data
+        sums = pixels.reshape(n, fy, w * 3).sum(axis=1, dtype=np.uint32).reshape(n, w // fx, fx, 3)
+        bands.append((sums.sum(axis=2) / (fx * fy)).round().astype(np.uint8))
+    return np.concatenate(bands)
 
 
 def area_shrink(pixels: np.ndarray, width: int, height: int, scale: float | tuple[float, float]) -> np.ndarray:

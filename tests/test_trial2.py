@@ -509,3 +509,42 @@ def test_names_that_are_not_utf8_are_translated_and_recorded(tmp_path, tissue, c
         "translate", source, "-o", folder / os.fsdecode(b"s\xe9.tif"), "--model", checkpoint, "-q", capture_output=True
     )
     assert one.returncode == 0 and (folder / os.fsdecode(b"s\xe9.tif")).exists(), one.stderr
+
+
+# 17. Thin images: pictures that fit them, and never at the translation's cost ---------------------
+
+
+def test_pictures_of_a_thin_image_are_made(tmp_path, checkpoint, tissue):
+    thin = png(tmp_path / "thin.png", np.concatenate([tissue[:4]] * 12, axis=1)[:, :6000])  # 6000 × 4
+    out = tmp_path / "o.tif"
+    result = dn(
+        "translate",
+        thin,
+        "-o",
+        out,
+        "--model",
+        checkpoint,
+        "-q",
+        "--preview",
+        tmp_path / "p.png",
+        "--tissue-mask",
+        tmp_path / "m.png",
+    )
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    preview = pyvips.Image.new_from_file(str(tmp_path / "p.png"))
+    assert preview.height == 1 and preview.width > 1000
+    assert pyvips.Image.new_from_file(str(tmp_path / "m.png")).height == 1
+
+
+def test_a_failed_preview_keeps_the_translation(tmp_path, image, checkpoint, monkeypatch):
+    def fails(*_args):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr("dn_cli.cli.jobs.side_by_side", fails)  # the one failure injected: dn's own drawing
+    out, preview = tmp_path / "o.tif", tmp_path / "p.png"
+    result = dn("translate", image, "-o", out, "--model", checkpoint, "-q", "--preview", preview)
+    one_error_line(result, "the preview failed (RuntimeError: drawing failed); o.tif is made and kept")
+    assert out.exists() and out.with_name("o.tif.json").exists() and not preview.exists() and not partials(tmp_path)
+    monkeypatch.undo()
+    again = dn("translate", image, "-o", out, "--model", checkpoint, "-q", "--preview", preview, "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["status"] == "completed" and preview.exists()

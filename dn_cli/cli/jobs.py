@@ -148,16 +148,25 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                 translate_into(parts[job.output].path, job.output.name, source, runner, s, record, grid, active, label)
             if job.sidecar in parts:
                 write_sidecar(parts[job.sidecar].path, record)
+            preview_failed = None
             if job.preview in parts:
-                before = source.thumbnail(PREVIEW_SIDE)  # sources shrink by whole factors: the output matches it
-                output = parts[job.output].path if job.output in parts else job.output
-                after = thumbnail_file(output, max(before.shape[:2]))
-                save_picture(side_by_side(before, after, mask), parts[job.preview].path, name=job.preview.name)
+                try:
+                    before = source.thumbnail(PREVIEW_SIDE)
+                    output = parts[job.output].path if job.output in parts else job.output
+                    after = thumbnail_file(output, before.shape[1], before.shape[0])  # the same scale
+                    save_picture(side_by_side(before, after, mask), parts[job.preview].path, name=job.preview.name)
+                except Exception as e:  # a picture must not cost the translation: that is published
+                    preview_failed = e
         for path in todo:  # the output first: linking it claims the name
-            parts[path].publish(overwrite=overwrite)
+            if not (path == job.preview and preview_failed):
+                parts[path].publish(overwrite=overwrite)
     finally:
         for part in parts.values():
             part.discard()  # what was not published
+    if preview_failed is not None:
+        e = preview_failed
+        why = first_line(e) if isinstance(e, DnError) else f"{type(e).__name__}: {first_line(e)}"
+        raise OutputError(f"the preview failed ({why}); {job.output.name} is made and kept") from e
     if job.output not in parts:
         return {"status": "completed", "made": [str(p) for p in todo]}
     return {
