@@ -9,7 +9,7 @@ from dn_cli.errors import InputError
 from dn_cli.image_io import VipsImage
 from dn_cli.images import ImageSource
 from dn_cli.slides import SlideImage, slide_format
-from dn_cli.tiff_image import TiffImage, Unsupported, is_ome, is_tiff
+from dn_cli.tiff_image import TiffImage, Unsupported, incomplete, is_ome, is_tiff
 
 
 def open_source(
@@ -27,6 +27,8 @@ def open_source(
         raise InputError(f"{path} is a folder, not an image")
     if not path.is_file():
         raise InputError(f"{path} is a pipe or a device, not a file: dn reads images region by region; save it first")
+    if is_tiff(path) and (damage := incomplete(path)):
+        raise InputError(f"cannot read {path}: damaged or incomplete ({damage})")
     resolution = {"level": level, "mpp": mpp, "mpp_override": mpp_override, "allow_upsampling": allow_upsampling}
     fmt = slide_format(path)
     if fmt is not None and not (fmt == "generic-tiff" and is_ome(path)):  # OpenSlide sees one level of an OME-TIFF

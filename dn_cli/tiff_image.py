@@ -53,6 +53,41 @@ def is_ome(path: Path) -> bool:
         return False
 
 
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def incomplete(path: Path) -> str | None:
+    """Why a TIFF is cut short or damaged — a directory or a level's data past the end of the file —
+    or None. Every directory is walked (SubIFD levels too): a pyramid whose small levels were
+    cut off must not pass for whole (``dn info``) or fall back to reading what is left."""
+    size = path.stat().st_size
+    recorder = _Recorder()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(recorder)  # tifffile logs, rather than raises, a chain of directories that breaks off
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            for series in tif.series:  # SubIFD levels (OME) are in their series' levels only
+                pages += [page for level in series.levels[1:] for page in level.pages if page is not None]
+            if any(offset >= size for page in tif.pages for offset in page.subifds or ()):
+                return "a pyramid level lies past its end"
+            for page in pages:
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+                if ends and max(ends) > size:
+                    return f"its {page.imagewidth} × {page.imagelength} level ends past the end of the file"
+    except Exception:  # tifffile's many kinds: a directory it cannot parse
+        return "its directories are cut off or damaged"
+    finally:
+        logger.removeHandler(recorder)
+    return "its directories are cut off or damaged" if recorder.messages else None
+
+
 class _Level:
     """One pyramid level: its segments (strips or tiles) read with ``pread`` and decoded by tifffile."""
 

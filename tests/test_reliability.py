@@ -442,7 +442,7 @@ def test_a_slide_failing_part_way_fails_alone(tmp_path, tissue):
     result = dn("translate", tmp_path / "in", "-o", tmp_path / "out", *args)
     assert result.exit_code == 1
     assert [json.loads(line)["status"] for line in result.stdout.splitlines()] == ["done", "failed", "done"]
-    assert "b_bright.png: unexpected RuntimeError: kernel failure" in result.stderr
+    assert "b_bright.png: model.pt failed: RuntimeError: kernel failure (tiles from x 0, y 64 on)" in result.stderr
     assert sorted(files_in(tmp_path / "out")) == ["a_dark.tif", "a_dark.tif.json", "c_dark.tif", "c_dark.tif.json"]
 
 

@@ -548,3 +548,51 @@ def test_a_failed_preview_keeps_the_translation(tmp_path, image, checkpoint, mon
     monkeypatch.undo()
     again = dn("translate", image, "-o", out, "--model", checkpoint, "-q", "--preview", preview, "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["status"] == "completed" and preview.exists()
+
+
+# 18. Truncated pyramids -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", ["libvips", "tifffile", "ome-tiff"])
+@pytest.mark.parametrize("kept", [0.7, 0.9])
+def test_a_truncated_pyramid_is_damaged_for_info_and_translate(tmp_path, tissue, checkpoint, writer, kept):
+    whole = tmp_path / "whole.tif"
+    pixels = np.ascontiguousarray(np.tile(tissue, (2, 2, 1)))
+    if writer == "libvips":
+        pyvips.Image.new_from_array(pixels, interpretation="srgb").tiffsave(
+            str(whole), tile=True, pyramid=True, compression="jpeg", xres=2000, yres=2000, resunit="cm"
+        )
+    elif writer == "tifffile":
+        with tifffile.TiffWriter(whole) as tif:
+            for k in range(3):
+                tif.write(
+                    pixels[:: 2**k, :: 2**k],
+                    tile=(256, 256),
+                    photometric="rgb",
+                    compression="jpeg",
+                    subfiletype=int(k > 0),
+                )
+    else:  # dn's own OME-TIFF: levels in SubIFDs
+        png(tmp_path / "in.png", pixels)
+        assert (
+            dn(
+                "translate",
+                tmp_path / "in.png",
+                "-o",
+                whole,
+                "--format",
+                "ome-tiff",
+                "--norm",
+                "in",
+                "-q",
+                "--model",
+                checkpoint,
+            ).exit_code
+            == 0
+        )
+    assert dn("info", whole).exit_code == 0
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * kept)])
+    one_error_line(dn("info", cut), "cut.tif: damaged or incomplete")
+    one_error_line(dn("translate", cut, "-o", tmp_path / "o.tif", "--model", checkpoint), "damaged or incomplete")
+    assert not (tmp_path / "o.tif").exists()

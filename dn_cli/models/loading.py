@@ -149,6 +149,13 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
+def _is_pickle(path: Path) -> bool:
+    """Whether a file is a bare pickle (protocol 2 or later), not a zip archive of one."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def _check_declared_sizes(path: Path) -> None:
     """Refuse an archive that would inflate far beyond its size, before anything is unpacked:
     PyTorch stores its tensors uncompressed, so a checkpoint holds about what it weighs."""
@@ -196,8 +203,8 @@ def _read(path: Path, trust_code: bool) -> tuple[object, str]:
             "in the training code, save model.state_dict() instead and load that"
         ) from e
     except Exception as e:  # torch raises many types for foreign or truncated files
-        if "Weights only load failed" in str(e):  # a pickle the safe loader refuses: code to run, or its opcodes
-            named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if named or _is_pickle(path):  # a pickle the safe loader refuses: code to run, or opcodes it does not take
             what = f"pickled Python code ({named[1]})" if named else "pickled Python objects"
             raise ModelError(
                 f"{path} holds {what}, not only weights; loading it would run code from the file: "
