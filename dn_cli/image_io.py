@@ -56,7 +56,7 @@ class VipsImage(ClosedOnExit):
             image = pyvips.Image.new_from_file(native(path), access="random", fail_on="truncated", revalidate=True)
             self.recorded_mpp = _mpp(image)  # what the file says, plausible or not
             self.mpp = plausible_mpp(self.recorded_mpp)
-            self._image = _to_rgb8(image)
+            self._image = _to_rgb8(image.autorot())  # upright, as viewers show it (a phone's EXIF orientation)
             self._regions = threading.local()  # a libvips region serves one thread
             self.read(Box(0, 0, 1, 1))  # decodes now: a damaged file fails here, never reads grey
         except pyvips.Error as e:
@@ -134,6 +134,7 @@ def image_info(path: Path) -> dict:
     fields = image.get_fields()
     levels = image.get("n-pages") if "n-pages" in fields else 1
     mpp = plausible_mpp(_mpp(image))
+    image = image.autorot()  # the size dn translates
     return {
         "path": str(path),
         "kind": "image",

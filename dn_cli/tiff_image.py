@@ -88,6 +88,16 @@ def incomplete(path: Path) -> str | None:
     return "its directories are cut off or damaged" if recorder.messages else None
 
 
+def other_images(path: Path) -> int:
+    """How many full-resolution images a TIFF holds besides its first (pages of a stack, not
+    levels of its pyramid, which are marked reduced)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return max(0, sum(not page.subfiletype & tifffile.FILETYPE.REDUCEDIMAGE for page in tif.pages) - 1)
+    except Exception:  # damaged: open_source has said so already
+        return 0
+
+
 class _Level:
     """One pyramid level: its segments (strips or tiles) read with ``pread`` and decoded by tifffile."""
 

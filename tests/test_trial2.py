@@ -596,3 +596,40 @@ def test_a_truncated_pyramid_is_damaged_for_info_and_translate(tmp_path, tissue,
     one_error_line(dn("info", cut), "cut.tif: damaged or incomplete")
     one_error_line(dn("translate", cut, "-o", tmp_path / "o.tif", "--model", checkpoint), "damaged or incomplete")
     assert not (tmp_path / "o.tif").exists()
+
+
+# 22. EXIF orientation ---------------------------------------------------------------------------
+
+
+def test_a_photo_is_translated_upright(tmp_path, tissue, checkpoint):
+    photo = tmp_path / "photo.jpg"
+    image = pyvips.Image.new_from_array(np.ascontiguousarray(tissue[:96, :160]), interpretation="srgb").copy()
+    image.set_type(pyvips.GValue.gint_type, "orientation", 6)  # stored landscape, shown rotated 90° clockwise
+    image.jpegsave(str(photo), Q=95)
+    out = tmp_path / "o.png"
+    assert dn("translate", photo, "-o", out, "--model", checkpoint, "-q", "--norm", "in").exit_code == 0
+    upright = pyvips.Image.new_from_file(str(photo)).autorot().numpy()
+    translated = pyvips.Image.new_from_file(str(out)).numpy()
+    assert translated.shape == upright.shape == (160, 96, 3)
+    same = png(tmp_path / "upright.png", upright)  # the same pixels, stored upright
+    assert dn("translate", same, "-o", tmp_path / "u.png", "--model", checkpoint, "-q", "--norm", "in").exit_code == 0
+    np.testing.assert_array_equal(translated, pyvips.Image.new_from_file(str(tmp_path / "u.png")).numpy())
+    info = json.loads(dn("info", photo, "--json").stdout)
+    assert (info["width"], info["height"]) == (96, 160)
+
+
+# 28. A stack is not a pyramid -------------------------------------------------------------------
+
+
+def test_a_multi_page_tiff_that_is_not_a_pyramid_warns(tmp_path, tissue, checkpoint):
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([tissue[:64, :64]] * 3), photometric="rgb")  # three full-size pages
+    result = dn("translate", stack, "-o", tmp_path / "o.tif", "--model", checkpoint, "-q", "--norm", "in")
+    assert result.exit_code == 0
+    assert "stack.tif holds 2 more images besides the first, not levels of a pyramid" in result.stderr
+    pyramid = tmp_path / "pyramid.tif"
+    pyvips.Image.new_from_array(np.ascontiguousarray(tissue), interpretation="srgb").tiffsave(
+        str(pyramid), pyramid=True, tile=True, tile_width=64, tile_height=64
+    )
+    result = dn("translate", pyramid, "-o", tmp_path / "p.tif", "--model", checkpoint, "-q", "--norm", "in")
+    assert result.exit_code == 0 and "more image" not in result.stderr

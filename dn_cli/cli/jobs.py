@@ -30,7 +30,7 @@ from dn_cli.preview import side_by_side
 from dn_cli.provenance import provenance, read_sidecar, write_sidecar
 from dn_cli.slides import SlideImage
 from dn_cli.sources import open_source
-from dn_cli.tiff_image import TiffImage
+from dn_cli.tiff_image import TiffImage, is_tiff, other_images
 from dn_cli.tissue import overlay, select_tiles
 
 PREVIEW_SIDE = 800
@@ -120,6 +120,12 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                 click.echo(  # pictures (PNG, JPEG) carry 72 dpi all the time: said for slides only
                     f"dn: warning: {job.source}: its {recorded:g} µm per pixel is a screen or print default, "
                     "not a microscope's: taken as unknown (--mpp-override gives the real one)",
+                    err=True,
+                )
+            if not isinstance(source, SlideImage) and is_tiff(job.source) and (more := other_images(job.source)):
+                click.echo(
+                    f"dn: warning: {job.source} holds {plural(more, 'more image')} besides the first, not levels "
+                    "of a pyramid: only the first is translated",
                     err=True,
                 )
             if job.output in parts:
