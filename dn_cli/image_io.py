@@ -6,6 +6,7 @@ a finished file appears is ``outputs``' job.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
@@ -87,10 +88,12 @@ def unreadable(error: pyvips.Error) -> str:
     """Why libvips could not read a file, in words."""
     if "unable to load from file" in str(error):
         return "not a slide or image format dn reads (or damaged)"
-    if temporary := re.search(r'unable to write to "([^"]+)"', str(error)):  # big pictures decode to a file
-        folder = Path(temporary[1]).parent
-        return f"no room to decode it in {folder} ({vips_reason(error)}): point TMPDIR at a folder with space"
-    return f"damaged or incomplete ({vips_reason(error)})"
+    reason = vips_reason(error)
+    temporary = re.search(r'unable to write to "([^"]+)"', str(error))  # big pictures decode to a file
+    if temporary or reason in ("no space left on device", "disk quota exceeded"):
+        folder = Path(temporary[1]).parent if temporary else Path(os.environ.get("TMPDIR") or "/tmp")
+        return f"no room to decode it in {folder} ({reason}): point TMPDIR at a folder with space"
+    return f"damaged or incomplete ({reason})"
 
 
 def _mpp(image: pyvips.Image) -> float | None:

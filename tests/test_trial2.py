@@ -633,3 +633,39 @@ def test_a_multi_page_tiff_that_is_not_a_pyramid_warns(tmp_path, tissue, checkpo
     )
     result = dn("translate", pyramid, "-o", tmp_path / "p.tif", "--model", checkpoint, "-q", "--norm", "in")
     assert result.exit_code == 0 and "more image" not in result.stderr
+
+
+# 29. A full TMPDIR is not a damaged input -------------------------------------------------------
+
+
+@pytest.fixture
+def full_tmpdir(tmp_path):
+    """A 2 MB file system (tmpfs, mounted as root), too small for a decoded big picture."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip() or 'not root'}")
+    yield small
+    subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_full_tmpdir_is_named_not_blamed_on_the_input(tmp_path, tissue, checkpoint, full_tmpdir):
+    big = tmp_path / "big.png"  # over 100 MB decoded: libvips decodes it into TMPDIR
+    pyvips.Image.new_from_array(np.ascontiguousarray(tissue), interpretation="srgb").replicate(12, 12).pngsave(
+        str(big), compression=1
+    )
+    done = real_dn(
+        "translate",
+        big,
+        "-o",
+        tmp_path / "o.tif",
+        "--model",
+        checkpoint,
+        "-q",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(full_tmpdir)},
+    )
+    line = one_line(done)
+    assert f"no room to decode it in {full_tmpdir} (no space left on device)" in line and "damaged" not in line
