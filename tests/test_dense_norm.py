@@ -1,5 +1,6 @@
 """The DN layer, its interpolation and the converter, against plain and slow references."""
 
+import copy
 import math
 
 import numpy as np
@@ -146,7 +147,22 @@ def test_converter_keeps_eps_and_affine_parameters():
     torch.testing.assert_close(converted(x), original(x), atol=1e-5, rtol=1e-5)
 
 
-def test_one_tile_grid_equals_the_original_model(generator, tissue):
+def with_affine_norms(generator):
+    """The generator with trained-looking InstanceNorm affine weights (every real checkpoint of
+    the DN research code and many CycleGANs have them), not the identity."""
+    generator = copy.deepcopy(generator)
+    torch.manual_seed(4)
+    for m in generator.module.modules():
+        if isinstance(m, nn.InstanceNorm2d):
+            m.affine = True
+            m.weight = nn.Parameter(1 + 0.5 * torch.randn(m.num_features), requires_grad=False)
+            m.bias = nn.Parameter(0.3 * torch.randn(m.num_features), requires_grad=False)
+    return generator
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_one_tile_grid_equals_the_original_model(generator, tissue, affine):
+    generator = with_affine_norms(generator) if affine else generator
     runner = TileRunner(generator, torch.device("cpu"))
     runner.context.tile_size, runner.context.margin = T, M
     tile = np.ascontiguousarray(tissue[:96, :96])[None]

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyvips
 import torch
 from click.testing import CliRunner
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from dn_cli.cli import cli
 from dn_cli.geometry import Box, TileGrid
 from dn_cli.images import ArrayImage, Canvas
-from dn_cli.pipeline import TileRunner, translate
+from dn_cli.pipeline import TileRunner, glass_colour, translate
 from dn_cli.sources import open_source
 from dn_cli.tissue import otsu_threshold, select_tiles, tissue_mask
 
@@ -56,6 +57,7 @@ def test_skipped_tiles_are_not_read_and_are_masked_out_of_dn(tissue, generator):
     outputs = []
     for oracle in (False, True):
         source, canvas = CountingImage(image), Canvas(320, 256)
+        canvas.pixels[:] = 7  # what no tile writes: a tile never written shows
         translate(source, canvas, runner, tile_size=64, margin=16, batch_size=3, active=active, two_pass_oracle=oracle)
         outputs.append(canvas.pixels)
         # One read per active tile, plus at most five to learn the model's glass colour (tiles
@@ -66,6 +68,23 @@ def test_skipped_tiles_are_not_read_and_are_masked_out_of_dn(tissue, generator):
     np.testing.assert_array_equal(outputs[0], outputs[1])
     fill = outputs[0][192:256, 0:64]
     assert (fill == fill[0, 0]).all() and (outputs[0][64:128, 128:192] == fill[0, 0]).all()
+    expected = glass_colour(ArrayImage(image), TileGrid(320, 256, 64, 16), runner, active)  # the model's glass
+    assert (fill[0, 0] == expected).all() and (outputs[0] != 7).any(axis=2).all()  # and every pixel written
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 5])
+def test_a_row_of_skipped_tiles_is_filled_whole(tissue, generator, batch_size):
+    """Apply steps whose tiles are all skipped still write them (the glass in raster order)."""
+    image = np.ascontiguousarray(tissue[:256, :320])
+    active = np.ones((4, 5), bool)
+    active[2] = False
+    canvas = Canvas(320, 256)
+    canvas.pixels[:] = 7
+    runner = TileRunner(generator, torch.device("cpu"))
+    translate(ArrayImage(image), canvas, runner, tile_size=64, margin=16, batch_size=batch_size, active=active)
+    expected = glass_colour(ArrayImage(image), TileGrid(320, 256, 64, 16), runner, active)
+    assert (canvas.pixels[128:192] == expected).all()
+    assert (canvas.pixels != 7).any(axis=2).all()
 
 
 def test_cli_skips_glass_on_slides_by_default_and_saves_a_qc_overlay(tmp_path):
