@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import zipfile
+from xml.etree import ElementTree
 
 import numpy as np
 import openslide
@@ -21,6 +22,7 @@ from torch import nn
 
 from dn_cli.geometry import Box
 from dn_cli.image_io import PyramidTiffSink
+from dn_cli.sources import open_source
 
 from .test_reliability import dn, files_in, one_error_line, partials, png
 
@@ -669,3 +671,101 @@ def test_a_full_tmpdir_is_named_not_blamed_on_the_input(tmp_path, tissue, checkp
     )
     line = one_line(done)
     assert f"no room to decode it in {full_tmpdir} (no space left on device)" in line and "damaged" not in line
+
+
+# Regressions nothing caught (the trial's fifty breaks) ---------------------------------------------
+
+
+def test_outputs_get_the_modes_of_plain_new_files(tmp_path, image, checkpoint):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "o.tif"
+        result = dn("translate", image, "-o", out, "--model", checkpoint, "-q", "--preview", tmp_path / "p.png")
+        assert result.exit_code == 0
+        for made in (out, tmp_path / "o.tif.json", tmp_path / "p.png"):
+            assert made.stat().st_mode & 0o777 == 0o644, made  # not mkstemp's 0600: others in the lab read them
+    finally:
+        os.umask(old)
+
+
+def test_folders_are_searched_whatever_the_case_of_extensions(tmp_path, tissue):
+    for name in ("X.SVS", "Y.TIF", "z.Png", "w.JPEG"):
+        (tmp_path / name).touch()
+    from dn_cli.batch import expand_inputs
+
+    assert sorted(p.name for p, _, _ in expand_inputs([tmp_path])) == ["X.SVS", "Y.TIF", "w.JPEG", "z.Png"]
+
+
+def test_provenance_records_the_resolved_source_and_model(tmp_path, tissue, checkpoint, monkeypatch):
+    png(tmp_path / "in.png", tissue[:40, :40])
+    monkeypatch.chdir(tmp_path)
+    assert dn("translate", "in.png", "-o", "o.tif", "--model", checkpoint.name, "-q").exit_code == 0
+    record = json.loads((tmp_path / "o.tif.json").read_text())
+    assert record["source"] == str((tmp_path / "in.png").resolve())
+    assert record["model"] == str(checkpoint.resolve())
+
+
+@pytest.mark.parametrize(("unit", "per_unit"), [("INCH", 25400 / 0.5), ("CENTIMETER", 10000 / 0.5)])
+def test_pixel_sizes_read_from_resolution_tags_in_either_unit(tmp_path, tissue, unit, per_unit):
+    path = tmp_path / "stripped.tif"  # stripped: read by tifffile, not OpenSlide
+    tifffile.imwrite(path, tissue, photometric="rgb", resolution=(per_unit, per_unit), resolutionunit=unit)
+    with open_source(path) as source:
+        assert source.mpp == pytest.approx(0.5)
+
+
+def test_a_pictures_pixel_size_is_its_resolution_inverted(tmp_path, tissue):
+    path = tmp_path / "scan.png"  # pHYs of 2000 pixels per mm: 0.5 µm, read through libvips
+    pyvips.Image.new_from_array(np.ascontiguousarray(tissue), interpretation="srgb").copy(xres=2000, yres=2000).pngsave(
+        str(path)
+    )
+    with open_source(path) as source:
+        assert source.mpp == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "ome-tiff"])
+def test_outputs_record_the_pixel_size_in_the_units_readers_expect(tmp_path, checkpoint, tissue, fmt):
+    slide = tmp_path / "s.tif"
+    tifffile.imwrite(
+        slide, tissue, tile=(256, 256), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER"
+    )  # 0.5 µm
+    out = tmp_path / ("o.ome.tif" if fmt == "ome-tiff" else "o.tif")
+    result = dn("translate", slide, "-o", out, "--model", checkpoint, "-q", "--norm", "in", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    with tifffile.TiffFile(out) as tif:
+        tags = tif.pages[0].tags
+        assert tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+        numerator, denominator = tags["XResolution"].value
+        assert numerator / denominator == pytest.approx(20000)  # pixels per cm
+        if fmt == "ome-tiff":
+            pixels = ElementTree.fromstring(tif.ome_metadata).find(".//{*}Pixels")
+            assert pixels.get("PhysicalSizeXUnit") == "µm" and float(pixels.get("PhysicalSizeX")) == 0.5
+    if fmt == "tiff":
+        with openslide.OpenSlide(str(out)) as read:
+            assert float(read.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+
+
+def test_a_scaled_tiff_read_starts_at_the_rounded_origin(tmp_path, tissue):
+    """At --mpp 0.75 over a 0.5 µm level (scale 1.5) the box at x = 1 starts at level pixel 1.5:
+    rounded to 2, as slides do, not cut to 1."""
+    path = tmp_path / "stripped.tif"
+    tifffile.imwrite(path, tissue, photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    with open_source(path, mpp=0.75) as source:
+        patch = source.read(Box(1, 1, 20, 20))
+    level = tissue[2:32, 2:32].astype(float)  # ceil(20 × 1.5) = 30 pixels from (2, 2)
+    edges = np.arange(21) * 1.5
+    weights = np.clip(np.minimum(edges[1:, None], np.arange(1, 31)) - np.maximum(edges[:-1, None], np.arange(30)), 0, 1)
+    expected = np.einsum("yi,xj,ijc->yxc", weights, weights, level) / 2.25
+    assert np.abs(patch - expected).max() <= 1
+
+
+def test_a_slide_thumbnail_comes_from_the_level_the_requested_level_and_shrink_reach(tmp_path, tissue):
+    """Each level of this pyramid shows a different picture (made so), so the thumbnail tells which
+    level it was taken from: --level 1 shrunk 2× is level 2, not level 1 shrunk."""
+    path = tmp_path / "levels.tif"
+    pictures = [tissue, tissue[::2, ::2] // 2, 255 - tissue[::4, ::4]]
+    with tifffile.TiffWriter(path) as tif:
+        for k, picture in enumerate(pictures):
+            tif.write(np.ascontiguousarray(picture), tile=(64, 64), photometric="rgb", subfiletype=int(k > 0))
+    with open_source(path, level=1) as source:
+        assert (source.width, source.level) == (256, 1)
+        np.testing.assert_array_equal(source.thumbnail(128), pictures[2])
