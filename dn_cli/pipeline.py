@@ -291,8 +291,8 @@ def translate(
         margin: context read around each tile; None picks DESIGN.md's default for the model.
         progress: called with (tiles done, tiles total) before the first and after each applied batch.
         active: ``(rows, cols)`` booleans; inactive tiles (glass) are neither read nor run: they
-            are filled with the model's own rendering of glass and masked out of their
-            neighbours' DN moments.
+            are filled with the model's own rendering of glass, meeting the translated glass
+            beside them (``OutputStage``), and masked out of their neighbours' DN moments.
         two_pass_oracle: collect every tile before applying any (the reference the single pass
             must match; memory grows with the grid area).
     """
@@ -347,7 +347,7 @@ def translate(
 
         if progress is not None:
             progress(0, len(grid))
-        output = OutputStage(sink, grid, background, progress)
+        output = OutputStage(sink, grid, background, progress, skipping=active is not None and not active.all())
         try:
             with TileReader(source, grid, reading, stage=stage) as reader:
                 for step, tiles in plan:

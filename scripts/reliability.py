@@ -18,12 +18,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import pickle
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +192,62 @@ def done_without_sidecar(d: Path) -> None:
     (d / "out.tif.json").unlink()
 
 
+# Set-ups of the second trial (issue 16).
+LATIN1 = os.fsdecode(b"caf\xe9")  # a name that is not UTF-8, as Windows shares keep them
+
+
+def foreign_record(d: Path) -> None:
+    (d / "o.tif.json").write_text('{"notes": 1}\n')
+
+
+def dangling_link(d: Path) -> None:
+    (d / "o.tif").symlink_to(d / "nowhere" / "o.tif")
+
+
+def zip_bomb(d: Path) -> None:
+    with zipfile.ZipFile(d / "model.pth") as real, zipfile.ZipFile(d / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in real.infolist():
+            if entry.filename.endswith("/data/0"):
+                with out.open(entry.filename, "w", force_zip64=True) as big:
+                    for _ in range(512):
+                        big.write(bytes(1 << 20))
+            else:
+                out.writestr(entry.filename, real.read(entry))
+
+
+def latin1_name(d: Path) -> None:
+    save(tissue()[:64, :64], d / "utf8.png")
+    (d / "utf8.png").rename(d / f"{LATIN1}.png")
+
+
+def pyramid_cut(d: Path) -> None:
+    data = (d / "slide.tif").read_bytes()
+    (d / "cut.tif").write_bytes(data[: len(data) * 9 // 10])
+
+
+def rotated_photo(d: Path) -> None:
+    image = pyvips.Image.new_from_array(np.ascontiguousarray(tissue()[:96, :160]), interpretation="srgb").copy()
+    image.set_type(pyvips.GValue.gint_type, "orientation", 6)
+    image.jpegsave(str(d / "photo.jpg"))
+
+
+def code_pickle(d: Path) -> None:
+    (d / "evil.pth").write_bytes(pickle.dumps({"weights": RunsACommand()}, protocol=4))
+
+
+class RunsACommand:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def made_with_model(d: Path) -> None:
+    subprocess.run(dn("translate", "in.png", "-o", "out", "--model", "model.pth", "-q"), cwd=d, check=True)
+
+
+def stack(d: Path) -> None:
+    tifffile.imwrite(d / "stack.tif", np.stack([tissue()[:64, :64]] * 3), photometric="rgb")
+
+
 @dataclass
 class Case:
     name: str
@@ -227,7 +286,7 @@ CASES = [
         ["same", "-o", "same", "--overwrite", *M],
         False,
         [self_output],
-        fragment="input of this run",
+        fragment="is the input folder",
     ),
     Case("-o is the input, --overwrite", ["in.png", "-o", "in.png", "--overwrite", *M], False, fragment="input"),
     Case("--preview is -o", ["in.png", "-o", "o.png", "--preview", "o.png", *M], False, fragment="twice"),
@@ -376,6 +435,134 @@ CASES = [
         False,
         [existing_output, corrupt_slide],
     ),
+    # Second trial (issue 16): a user's file replaced
+    Case("a record dn did not write", ["in.png", "-o", "o.tif", *M], False, [foreign_record], fragment="o.tif.json"),
+    # Wrong results with exit 0
+    Case(
+        "--mpp-override on a slide that records 0.5",
+        ["slide.tif", "-o", "o.tif", "--mpp-override", "0.25", *M],
+        True,
+        [],
+        ["o.tif"],
+    ),
+    Case("empty input (an unset variable)", ["", "-o", "out", *M], False, fragment="is empty"),
+    Case("empty -o", ["in.png", "-o", "", *M], False, fragment="is empty"),
+    Case(
+        "--compression webp (warned)",
+        ["in.png", "-o", "o.tif", "--compression", "webp", *M],
+        True,
+        [],
+        ["o.tif"],
+        fragment="OpenSlide",
+    ),
+    Case(
+        "--mpp 0.001 --allow-upsampling",
+        ["slide.tif", "-o", "o.tif", "--mpp", "0.001", "--allow-upsampling", *M],
+        False,
+        fragment="4× at most",
+    ),
+    Case(
+        "--mpp 1e-300 --allow-upsampling",
+        ["slide.tif", "-o", "o.tif", "--mpp", "1e-300", "--allow-upsampling", *M],
+        False,
+        fragment="4× at most",
+    ),
+    # Resources
+    Case(
+        "zip-bomb model (512 MB in 0.5 MB)",
+        ["in.png", "-o", "o.tif", "--model", "bomb.pt"],
+        False,
+        [zip_bomb],
+        fragment="refused before unpacking",
+    ),
+    # Unclear errors and lost work
+    Case(
+        "a name that is not UTF-8",
+        [f"{LATIN1}.png", "-o", "out", *M],
+        True,
+        [latin1_name],
+        [f"out/{LATIN1}.tif", f"out/{LATIN1}.tif.json"],
+    ),
+    Case("-o of 254 bytes (its record: 259)", ["in.png", "-o", "a" * 250 + ".tif", *M], False, fragment="259 bytes"),
+    Case("-o a dangling symlink", ["in.png", "-o", "o.tif", *M], False, [dangling_link], fragment="does not exist"),
+    Case(
+        "a 70000-px-wide .jpg",
+        ["wide.png", "-o", "o.jpg", "--tile-size", "64", *M],
+        False,
+        [lambda d: save(np.full((8, 70000, 3), 220, np.uint8), d / "wide.png")],
+        fragment="o.jpg would be 70000",
+    ),
+    Case(
+        "6000 × 4 with --preview and --tissue-mask",
+        ["thin.png", "-o", "o.tif", "--preview", "p.png", "--tissue-mask", "m.png", *M],
+        True,
+        [small("thin.png", 6000, 4)],
+        ["o.tif", "p.png", "m.png"],
+    ),
+    Case("a pyramid TIFF cut at 90 %", ["cut.tif", "-o", "o.tif", *M], False, [pyramid_cut], fragment="damaged"),
+    Case("dn info on a pyramid TIFF cut at 90 %", ["@info", "cut.tif"], False, [pyramid_cut], fragment="damaged"),
+    Case(
+        "-0: NUL-separated paths on stdin",
+        ["-", "-0", "-o", "out", *M],
+        True,
+        [],
+        ["out/in.tif", "out/slide.tif"],
+        stdin="in.png\0slide.tif\0",
+    ),
+    Case("/dev/stdin as input", ["/dev/stdin", "-o", "o.tif", *M], False, stdin="not an image", fragment="pipe"),
+    # Smaller
+    Case(
+        "--preview is -o (roles named)",
+        ["in.png", "-o", "o.png", "--preview", "o.png", *M],
+        False,
+        fragment="as the output of",
+    ),
+    Case("a photo with EXIF orientation 6", ["photo.jpg", "-o", "o.png", *M], True, [rotated_photo], ["o.png"]),
+    Case(
+        "--preview p.webp",
+        ["in.png", "-o", "o.tif", "--preview", "p.webp", *M],
+        False,
+        fragment="pictures are .png or .jpg",
+    ),
+    Case("-o ts.tif/ (a folder)", ["in.png", "-o", "ts.tif/", *M], True, [], ["ts.tif/in.tif"]),
+    Case(
+        "--format ome-tiff for a .png (warned)",
+        ["in.png", "-o", "o.png", "--format", "ome-tiff", *M],
+        True,
+        [],
+        ["o.png"],
+        fragment="ignored",
+    ),
+    Case(
+        "a pickle that runs code",
+        ["in.png", "-o", "o.tif", "--model", "evil.pth"],
+        False,
+        [code_pickle],
+        fragment="would run code",
+    ),
+    Case(
+        "--fail-fast: a line for every input",
+        ["bad.svs", "in.png", "slide.tif", "-o", "out", "--fail-fast", "--json", *M],
+        False,
+        [corrupt_slide],
+        stdout_lines=3,
+        fragment="2 not attempted",
+    ),
+    Case(
+        "rerun with another model (warned)",
+        ["in.png", "-o", "out", "-q"],
+        True,
+        [made_with_model],
+        fragment="made with another model",
+    ),
+    Case(
+        "a 3-page stack, not a pyramid (warned)",
+        ["stack.tif", "-o", "o.tif", *M],
+        True,
+        [stack],
+        ["o.tif"],
+        fragment="only the first is translated",
+    ),
 ]
 
 
@@ -417,7 +604,8 @@ def run_case(case: Case, folder: Path, timeout: float = TIMEOUT) -> dict:
     changed = sorted(p for p in before if p in after and after[p] != before[p])
     removed = sorted(set(before) - set(after))
     lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if not line.startswith("dn: warning:")]
+    # Warnings and a batch's summary aside, what is left is the error.
+    errors = [line for line in lines if not line.startswith("dn: warning:") and not re.match(r"\d+ inputs?: ", line)]
     problems = []
     if hung:
         problems.append("hung")
@@ -454,7 +642,8 @@ def run_case(case: Case, folder: Path, timeout: float = TIMEOUT) -> dict:
 
 
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    printable = os.fsencode(text).decode("utf-8", "backslashreplace")  # names that are not UTF-8
+    return printable.replace("|", "\\|").replace("\n", " ")
 
 
 def table(results: list[dict]) -> str:
@@ -490,7 +679,7 @@ def main() -> int:
             results.append(result)
             status = "ok" if not result["problems"] else "FAIL " + "; ".join(result["problems"])
             print(f"{number:3d} {case.name:45s} exit {result['exit']!s:4s} {result['seconds']:5.1f}s {status}")
-            print(f"      {result['message']}", flush=True)
+            print(f"      {cell(result['message'])}", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
     text = table(results)
     if args.out:

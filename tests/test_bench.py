@@ -31,3 +31,10 @@ def test_bench_on_a_given_slide_for_people(tmp_path, tissue, checkpoint):
     assert lines[0].startswith(f"cpu, latest_net_G_A.pth, {slide}: 0.262 Mpx")
     assert [line.split()[0] for line in lines[1:7]] == ["slide", "model", "writer", "pipeline"] + ["pipeline,"] * 2
     assert lines[-1].startswith("bottleneck: ")
+
+
+def test_quick_bench_measures_a_small_slide_once():
+    result = CliRunner().invoke(cli, ["bench", "--quick", "--tile-size", "256", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["tiles"], report["repeats"]) == (16, 1) and "1024²" in report["slide"]

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from dn_cli.cli import cli
 from dn_cli.geometry import Box, TileGrid
 from dn_cli.images import ArrayImage, Canvas
+from dn_cli.output_stage import OutputStage
 from dn_cli.pipeline import TileRunner, glass_colour, translate
 from dn_cli.sources import open_source
 from dn_cli.tissue import otsu_threshold, select_tiles, tissue_mask
@@ -163,3 +164,28 @@ def test_preview_shows_input_and_output_at_the_same_scale(tmp_path, tissue, chec
     assert CliRunner().invoke(cli, [*args, "--model", str(checkpoint), "--norm", "in"]).exit_code == 0
     picture = pyvips.Image.new_from_file(str(preview))
     assert (picture.width, picture.height) == (566 + 8 + 566, 333)
+
+
+def test_skipped_tiles_meet_the_translated_glass_beside_them():
+    """The model's glass differs a few grey levels from tile to tile: a skipped tile takes, on each
+    side, the glass across it, blended smoothly inside (no step at its edges, none within it)."""
+    grid = TileGrid(192, 192, 64, 16)  # 3 × 3 tiles of 64
+    background = np.array([240, 238, 245], np.uint8)
+    shades = {0: 236, 1: 243, 2: 239, 3: 241, 5: 237, 6: 244, 7: 235, 8: 240}  # all but the centre translated
+    tiles = {i: np.full((64, 64, 3), shade, np.uint8) for i, shade in shades.items()}
+    canvas = Canvas(192, 192)
+    stage = OutputStage(canvas, grid, background, skipping=True)
+    for start in (0, 3, 6):
+        translated = [i for i in range(start, start + 3) if i in tiles]
+        stage.put(range(start, start + 3), translated, lambda t=translated: np.stack([tiles[i] for i in t]))
+    stage.close()
+    fill = canvas.pixels[64:128, 64:128].astype(int)
+    assert np.abs(fill[0, 16:48] - 243).max() <= 1 and np.abs(fill[-1, 16:48] - 235).max() <= 1  # above, below
+    assert np.abs(fill[16:48, 0] - 241).max() <= 1 and np.abs(fill[16:48, -1] - 237).max() <= 1  # left, right
+    assert np.abs(np.diff(fill, axis=0)).max() <= 1 and np.abs(np.diff(fill, axis=1)).max() <= 1  # smooth
+    # A skipped tile with glass all around (no translated neighbour) is the image's glass colour.
+    canvas = Canvas(192, 64)
+    stage = OutputStage(canvas, TileGrid(192, 64, 64, 16), background, skipping=True)
+    stage.put(range(0, 3), [0], lambda: np.full((1, 64, 64, 3), 236, np.uint8))
+    stage.close()
+    assert (canvas.pixels[:, 128:] == background).all()
