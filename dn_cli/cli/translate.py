@@ -50,6 +50,9 @@ class PixelSize(click.ParamType):
 
     name = "µm"
 
+    def get_metavar(self, param, ctx=None) -> str:
+        return "MICRONS"  # click would upper-case the name, turning µm into ΜM (a Greek capital mu)
+
     def convert(self, value, param, ctx) -> float:
         try:
             number = float(value)

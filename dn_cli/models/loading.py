@@ -198,8 +198,9 @@ def _read(path: Path, trust_code: bool) -> tuple[object, str]:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=not trust_code), "state dict"
     except (AttributeError, ImportError) as e:  # trusted: a pickled class that is not importable here
+        why = re.sub(r" from '[^']*'", "", first_line(e))  # without the module's file: a path of this machine
         raise ModelError(
-            f"{path} pickles a whole model whose class cannot be imported here ({first_line(e)}): "
+            f"{path} pickles a whole model whose class cannot be imported here ({why}): "
             "in the training code, save model.state_dict() instead and load that"
         ) from e
     except Exception as e:  # torch raises many types for foreign or truncated files
