@@ -126,6 +126,7 @@ def test_readme_first_command_on_the_sample_slide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke("translate", *args, "-q")
     assert result.exit_code == 0, result.output
-    written = pyvips.Image.new_from_file(str(tmp_path / "out.tif"))
+    written = pyvips.Image.new_from_file(str(tmp_path / "out" / "sample.tif"))  # in out/, which git ignores
     assert (written.width, written.height) == (2560, 1792)
-    assert pyvips.Image.new_from_file(str(tmp_path / "preview.png")).width > 0
+    assert pyvips.Image.new_from_file(str(tmp_path / "out" / "sample_preview.png")).width > 0
+    assert "/out/" in (REPO / ".gitignore").read_text().splitlines()
