@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from skimage.transform import resize
 
 from dn_cli.cli import cli
+from dn_cli.geometry import Box
+from dn_cli.sources import open_source
 
 APERIO = "Aperio Image Library v12.0.15"
 
@@ -186,3 +188,51 @@ def test_a_flat_folder_of_two_dicom_slides_gives_two_outputs(tmp_path, svs, dico
         with openslide.OpenSlide(str(tmp_path / "out" / name)) as slide:
             sizes.add(slide.dimensions)
     assert sizes == {(1536, 1024)}
+
+
+def leica_scn(path, tissue, offset=(96, 64), nm_per_pixel=500):
+    """A Leica SCN written at test time: a tiled BigTIFF whose ImageDescription is the SCN XML
+    (a collection, one brightfield main image placed at ``offset`` pixels inside it, its two
+    pyramid levels), the layout OpenSlide's leica driver reads. OpenSlide reports the main image's
+    place as openslide.bounds-*: the slide is the collection, the scanned part lies inside it."""
+    (h, w), (ox, oy) = tissue.shape[:2], offset
+    size = f'sizeX="{w * nm_per_pixel}" sizeY="{h * nm_per_pixel}"'
+    xml = (
+        '<?xml version="1.0" encoding="utf-8"?><scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+        f'<collection sizeX="{(w + 2 * ox) * nm_per_pixel}" sizeY="{(h + 2 * oy) * nm_per_pixel}"><image>'
+        f'<view {size} offsetX="{ox * nm_per_pixel}" offsetY="{oy * nm_per_pixel}"/>'
+        "<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings><illuminationSettings>"
+        "<illuminationSource>brightfield</illuminationSource></illuminationSettings></scanSettings>"
+        f'<pixels sizeX="{w}" sizeY="{h}"><dimension sizeX="{w}" sizeY="{h}" ifd="0"/>'
+        f'<dimension sizeX="{w // 2}" sizeY="{h // 2}" ifd="1"/></pixels></image></collection></scn>'
+    )
+    per_cm = 1e7 / nm_per_pixel
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for k, level in enumerate((tissue, np.ascontiguousarray(tissue[::2, ::2]))):
+            tif.write(
+                level,
+                tile=(128, 128),
+                photometric="rgb",
+                compression="zlib",
+                metadata=None,
+                description=xml if k == 0 else None,
+                resolution=(per_cm / 2**k, per_cm / 2**k),
+                resolutionunit="CENTIMETER",
+            )
+    return path
+
+
+def test_a_slide_with_bounds_is_read_from_its_scanned_region(tmp_path, tissue, checkpoint):
+    path = leica_scn(tmp_path / "slide.scn", tissue)
+    with openslide.OpenSlide(str(path)) as raw:
+        assert raw.properties["openslide.vendor"] == "leica" and raw.dimensions == (704, 640)
+        assert (raw.properties["openslide.bounds-x"], raw.properties["openslide.bounds-y"]) == ("96", "64")
+    with open_source(path) as source:
+        assert (source.width, source.height, source.mpp) == (512, 512, 0.5)
+        np.testing.assert_array_equal(source.read(Box(10, 20, 64, 48)), tissue[20:68, 10:74])  # lossless
+        with openslide.OpenSlide(str(path)) as raw:
+            level1 = np.asarray(raw.read_region((96, 64), 1, (256, 256)))[..., :3]
+        np.testing.assert_array_equal(source.thumbnail(256), level1)
+    result = translate(path, "-o", tmp_path / "o.tif", "--model", checkpoint, "--norm", "in", "--no-tissue", "--json")
+    assert result.exit_code == 0, result.output
+    assert (json.loads(result.stdout)["width"], json.loads(result.stdout)["height"]) == (512, 512)
