@@ -201,7 +201,7 @@ def foreign_record(d: Path) -> None:
 
 
 def dangling_link(d: Path) -> None:
-    (d / "o.tif").symlink_to(d / "nowhere" / "o.tif")
+    (d / "o.tif").symlink_to(Path("nowhere") / "o.tif")  # relative: the message names no machine path
 
 
 def zip_bomb(d: Path) -> None:
@@ -586,7 +586,15 @@ def run_case(case: Case, folder: Path, timeout: float = TIMEOUT) -> dict:
     argv = dn("info", *case.args[1:]) if case.args[0] == "@info" else dn("translate", *case.args)
     start = time.monotonic()
     process = subprocess.Popen(
-        argv, cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=folder,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C as a terminal sends it: a shell starts background jobs with SIGINT ignored, which
+        # Python (and so dn) then keeps ignoring; this script may itself run in the background.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     hung = False
     if case.signal_after:
