@@ -118,7 +118,7 @@ class ImageFileSink(Canvas):
     def __init__(
         self, path: Path, width: int, height: int, quality: int | None = None, name: str | None = None
     ) -> None:
-        check_size(Path(name or path.name), width, height)
+        check_size(Path(name or path.name), width, height)  # opened before any tile is translated
         super().__init__(width, height)
         self.path, self.quality, self.name = path, quality, name
 

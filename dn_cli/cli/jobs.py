@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dn_cli.batch import Job
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import TileGrid, fit_grid
-from dn_cli.image_io import check_size, image_description, open_sink, save_picture, thumbnail_file
+from dn_cli.image_io import image_description, open_sink, save_picture, thumbnail_file
 from dn_cli.images import ImageSource
 from dn_cli.levels import plausible_mpp
 from dn_cli.outputs import Partial, check_name, clear_stale_partials
@@ -128,8 +128,6 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                     "of a pyramid: only the first is translated",
                     err=True,
                 )
-            if job.output in parts:
-                check_size(job.output, source.width, source.height)  # before the work, not after it
             grid = fit_grid(source.width, source.height, s.tile_size, s.margin, runner.stride, runner.min_size)
             active = mask = None
             detect = s.tissue if s.tissue is not None else slide or job.tissue_mask is not None
