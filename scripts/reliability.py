@@ -39,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from dn_cli.models.resnet import ResnetGenerator  # noqa: E402
+from dn_cli.native_paths import printable  # noqa: E402
 
 TIMEOUT = 180
 
@@ -650,8 +651,7 @@ def run_case(case: Case, folder: Path, timeout: float = TIMEOUT) -> dict:
 
 
 def cell(text: str) -> str:
-    printable = os.fsencode(text).decode("utf-8", "backslashreplace")  # names that are not UTF-8
-    return printable.replace("|", "\\|").replace("\n", " ")
+    return printable(text).replace("|", "\\|").replace("\n", " ")  # printable: names that are not UTF-8
 
 
 def table(results: list[dict]) -> str:
