@@ -12,10 +12,13 @@ from click.testing import CliRunner
 from dn_cli.cli import cli
 from dn_cli.geometry import Box, TileGrid
 from dn_cli.images import ArrayImage, Canvas
+from dn_cli.models import Generator
 from dn_cli.output_stage import OutputStage
 from dn_cli.pipeline import TileRunner, glass_colour, translate
 from dn_cli.sources import open_source
 from dn_cli.tissue import otsu_threshold, select_tiles, tissue_mask
+
+from .conftest import affine_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample_ihc.tif"
 
@@ -71,6 +74,27 @@ def test_skipped_tiles_are_not_read_and_are_masked_out_of_dn(tissue, generator):
     assert (fill == fill[0, 0]).all() and (outputs[0][64:128, 128:192] == fill[0, 0]).all()
     expected = glass_colour(ArrayImage(image), TileGrid(320, 256, 64, 16), runner, active)  # the model's glass
     assert (fill[0, 0] == expected).all() and (outputs[0] != 7).any(axis=2).all()  # and every pixel written
+
+
+def test_skipped_tiles_take_the_models_glass_not_the_inputs(tissue):
+    """Tissue on the left, glass on the right, skipped: the fill is the glass of the same image
+    translated without skipping (the model renders glass far from the input's colour)."""
+    rng = np.random.default_rng(0)
+    image = (np.array([236, 232, 240]) + rng.integers(-2, 3, (192, 384, 3))).astype(np.uint8)
+    image[:, :150] = tissue[:192, :150]
+    active = np.zeros((3, 6), bool)
+    active[:, :3] = True  # the third column holds the tissue's edge and 42 pixels of glass
+    runner = TileRunner(Generator(affine_model(), "test", {}, 2), torch.device("cpu"))
+    outputs = []
+    for skip in (None, active):
+        canvas = Canvas(384, 192)
+        translate(ArrayImage(image), canvas, runner, tile_size=64, margin=16, batch_size=3, active=skip)
+        outputs.append(canvas.pixels)
+    models_glass = np.median(outputs[0][:, 160:], axis=(0, 1))  # translated glass, tile by tile
+    assert np.abs(models_glass - image[:, 160:].mean(axis=(0, 1))).max() > 50
+    fill = outputs[1][:, 192:].reshape(-1, 3).astype(float)
+    assert np.abs(fill.mean(axis=0) - models_glass).max() <= 4
+    assert np.abs(fill - models_glass).max() <= 6  # matched to its translated neighbours, never far off
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 5])
