@@ -112,6 +112,19 @@ def test_a_level_read_from_the_ome_pyramid_is_that_level(ome_output):
         assert max(source.thumbnail(200).shape[:2]) <= 200
 
 
+def test_reads_of_different_levels_through_one_image_never_mix(ome_output):
+    """Every level's decoded segments are cached apart: a thumbnail (from a coarse level) between
+    two reads of the full resolution returns that level's pixels, and the reads stay the same."""
+    with tifffile.TiffFile(ome_output) as tif:
+        levels = [level.asarray() for level in tif.series[0].levels[:3]]
+    with open_source(ome_output) as source:
+        box = Box(0, 0, 400, 300)  # the first segments of every level
+        np.testing.assert_array_equal(source.read(box), levels[0][:300, :400])
+        np.testing.assert_array_equal(source.thumbnail(384), levels[2])  # 1536 / 4: level 2 as it is
+        np.testing.assert_array_equal(source.thumbnail(768), levels[1])
+        np.testing.assert_array_equal(source.read(box), levels[0][:300, :400])
+
+
 def test_a_stripped_tiff_translates_as_the_same_pixels_in_a_png(tmp_path, tissue, checkpoint):
     pixels = np.ascontiguousarray(tissue[:300, :400])
     stripped, picture = tmp_path / "stripped.tif", tmp_path / "same.png"

@@ -4,6 +4,7 @@ import json
 import threading
 
 import numpy as np
+import ome_types
 import openslide
 import pytest
 import pyvips
@@ -51,6 +52,35 @@ def test_slide_comes_out_the_same_size_with_levels_and_pixel_size(tmp_path, tiss
     assert record["software"].startswith("dn ") and len(record["model_sha256"]) == 64 and record["mpp"] == 0.5
     assert json.loads((out.parent / "slide_dn.tif.json").read_text()) == record
     assert sorted(p.name for p in out.parent.iterdir()) == ["slide_dn.tif", "slide_dn.tif.json"]
+
+
+def quantisation_tables(jpeg: bytes) -> dict[int, bytes]:
+    """The DQT tables of a JPEG stream (or a TIFF's JPEGTables), by table id."""
+    tables, at = {}, 0
+    while (at := jpeg.find(b"\xff\xdb", at)) >= 0:
+        length = int.from_bytes(jpeg[at + 2 : at + 4], "big")
+        segment = jpeg[at + 4 : at + 2 + length]
+        for start in range(0, len(segment), 65):  # 8-bit tables: an id byte and 64 values
+            tables[segment[start] & 15] = segment[start + 1 : start + 65]
+        at += 2 + length
+    return tables
+
+
+@pytest.mark.parametrize("option, quality", [((), 85), (("--quality", "60"), 60)])
+def test_tiff_output_is_jpeg_at_quality_85_unless_asked(tmp_path, tissue, checkpoint, option, quality):
+    picture = tmp_path / "in.png"
+    pyvips.Image.new_from_array(np.ascontiguousarray(tissue), interpretation="srgb").write_to_file(str(picture))
+    out = tmp_path / "out.tif"
+    args = ["translate", str(picture), "-o", str(out), "--model", str(checkpoint), "--norm", "in", "-q", *option]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    with tifffile.TiffFile(out) as tif:
+        assert all(page.compression == tifffile.COMPRESSION.JPEG for page in tif.pages)
+        tables = quantisation_tables(tif.pages[0].jpegtables)
+    # libjpeg's tables for that quality, as libvips writes them into a plain JPEG
+    reference = pyvips.Image.black(16, 16, bands=3).jpegsave_buffer(Q=quality)
+    assert tables == quantisation_tables(reference)
+    assert tables != quantisation_tables(pyvips.Image.black(16, 16, bands=3).jpegsave_buffer(Q=quality + 1))
 
 
 @pytest.mark.parametrize("tile_size", [64, 60])  # rows of tiles a multiple of the 16-row strips, and not
@@ -130,6 +160,12 @@ def test_kill_leaves_no_output_and_no_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def blocks(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Means of ``side × side`` blocks (a remainder left out)."""
+    h, w = pixels.shape[0] // side, pixels.shape[1] // side
+    return pixels[: h * side, : w * side].reshape(h, side, w, side, 3).mean(axis=(1, 3))
+
+
 def test_ome_tiff_for_bio_formats(tmp_path, tissue_2000x3000, checkpoint):
     source = slide_file(tmp_path / "slide.tif", tissue_2000x3000[:1024, :1536])
     out = tmp_path / "out"
@@ -149,12 +185,26 @@ def test_ome_tiff_for_bio_formats(tmp_path, tissue_2000x3000, checkpoint):
         ],
     )
     assert result.exit_code == 0, result.output
-    with tifffile.TiffFile(out / "slide.ome.tif") as tif:
-        assert tif.is_ome
-        levels = tif.series[0].levels
-        assert levels[0].shape == (1024, 1536, 3) and len(levels) >= 3
-        ome = tif.ome_metadata
-    assert 'PhysicalSizeX="0.5"' in ome and "model_sha256" in ome
+    path = out / "slide.ome.tif"
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and len(tif.pages) == 1  # one IFD: the pyramid hides in its SubIFDs
+        levels = [level.asarray() for level in tif.series[0].levels]
+        xml = tif.ome_metadata
+    # What Bio-Formats reads: OME-XML valid against the OME 2016-06 schema, describing the image...
+    ome_types.validate_xml(xml)
+    (image,) = ome_types.from_xml(xml).images
+    pixels = image.pixels
+    assert (pixels.size_x, pixels.size_y, pixels.size_c, pixels.type.value) == (1536, 1024, 3, "uint8")
+    assert pixels.physical_size_x == pixels.physical_size_y == 0.5 and pixels.physical_size_x_unit.value == "µm"
+    assert pixels.channels[0].samples_per_pixel == 3 and pixels.tiff_data_blocks[0].ifd == 0
+    assert any("model_sha256" in a.value for a in ome_types.from_xml(xml).structured_annotations.comment_annotations)
+    # ...and SubIFD levels that halve each time and hold the image: read by libvips too, each the
+    # one above shrunk (compared in 8 × 8 blocks: JPEG's loss on the noisy random model averages out).
+    assert [level.shape for level in levels] == [(1024 >> k, 1536 >> k, 3) for k in range(len(levels))]
+    assert len(levels) >= 3
+    for k in range(1, len(levels)):
+        np.testing.assert_array_equal(pyvips.Image.new_from_file(str(path), subifd=k - 1).numpy(), levels[k])
+        assert np.abs(blocks(levels[k - 1], 16) - blocks(levels[k], 8)).mean() < 2, k
 
 
 def test_a_failure_before_the_first_tile_stops_the_writer(tmp_path, tissue, generator):
