@@ -1,6 +1,7 @@
 """The whole tile pipeline on a real tissue image with a real generator."""
 
-import time
+import contextlib
+import threading
 
 import numpy as np
 import pytest
@@ -258,49 +259,135 @@ def test_fp32_on_cuda_turns_tf32_off():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-class Sleepy(nn.Module):
-    """A real generator on a slow device: every forward also waits (releasing the GIL, as a GPU does)."""
+class Gates:
+    """Makes each stage wait for a later step of another stage: a pipeline whose stages ran one
+    after the other would wait for ever, so these waits prove overlap by order, not by time."""
 
-    def __init__(self, net: nn.Module, seconds: float) -> None:
+    TIMEOUT = 60.0  # seconds: only a deadlock (stages in sequence) takes this long
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.reads_started: set[int] = set()
+        self.forwards_started = 0
+        self.open = False  # not while dn probes the model at load
+
+    def __deepcopy__(self, memo):  # the runner's copy of the model waits on the same gates
+        return self
+
+    def mark(self, what: str, value: int) -> None:
+        with self.condition:
+            if what == "read":
+                self.reads_started.add(value)
+            else:
+                self.forwards_started = max(self.forwards_started, value)
+            self.condition.notify_all()
+
+    def wait(self, until, why: str) -> None:
+        with self.condition:
+            if not self.condition.wait_for(until, timeout=self.TIMEOUT):
+                raise AssertionError(f"the stages ran one after the other: {why}")
+
+
+class GatedModel(nn.Module):
+    """A real generator whose forward on tile k (one tile a batch) starts only once the read of
+    tile k + 1 has: reads run ahead of the model."""
+
+    def __init__(self, net: nn.Module, gates: Gates, tiles: int) -> None:
         super().__init__()
-        self.net, self.seconds = net, seconds
+        self.net, self.gates, self.tiles = net, gates, tiles
 
     def forward(self, x):
-        time.sleep(self.seconds)
+        if self.gates.open:
+            k = self.gates.forwards_started
+            self.gates.mark("forward", k + 1)
+            if k + 1 < self.tiles:
+                self.gates.wait(lambda: k + 1 in self.gates.reads_started, f"forward {k} before read {k + 1}")
         return self.net(x)
 
 
-class SlowImage(ArrayImage):
+class GatedImage(ArrayImage):
+    def __init__(self, pixels, gates: Gates, grid: TileGrid) -> None:
+        super().__init__(pixels)
+        self.gates, self.grid = gates, grid
+
     def read(self, box):
-        time.sleep(0.04)  # a slide decoding tiles
+        row, col = (box.y + self.grid.margin) // self.grid.tile_size, (box.x + self.grid.margin) // self.grid.tile_size
+        self.gates.mark("read", row * self.grid.cols + col)
         return super().read(box)
 
 
-class SlowCanvas(Canvas):
+class GatedCanvas(Canvas):
+    """Writes tile k only once the model has started on tile k + 1: writes run behind the model."""
+
+    def __init__(self, width, height, gates: Gates, tiles: int, tile_size: int) -> None:
+        super().__init__(width, height)
+        self.gates, self.tiles, self.tile_size = gates, tiles, tile_size
+
     def write(self, box, pixels):
-        time.sleep(0.2)  # an encoder
+        k = (box.y // self.tile_size) * (self.pixels.shape[1] // self.tile_size) + box.x // self.tile_size
+        if k + 1 < self.tiles:
+            self.gates.wait(lambda: self.gates.forwards_started >= k + 2, f"wrote {k} before forward {k + 1}")
         super().write(box, pixels)
 
 
-def test_stages_overlap_so_the_slowest_sets_the_pace(tissue):
-    # 16 tiles, one per batch: the model waits 0.2 s a forward, the writer 0.2 s a tile and the
-    # reads 0.04 s a tile. One after the other that is at least 7 s; overlapped, the slowest
-    # stage (3.2 s) and one step of filling the pipe (waits long against the real compute, so a
-    # busy machine does not blur the difference).
+def test_stages_overlap_reads_ahead_and_writes_behind_the_model(tissue):
+    # 16 tiles, one a batch: the model's forward k waits for the read of tile k + 1 to start, and
+    # the write of tile k for forward k + 1 to start. Run one after the other, either would wait
+    # for ever; overlapped, the translation completes, and is the plain one.
     from dn_cli.models import Generator
 
-    runner = TileRunner(Generator(Sleepy(make_generator().module, 0.0), "x", {}, 4), CPU)
-    runner.module.seconds = 0.2  # not while dn probes the model at load
-    image = SlowImage(np.ascontiguousarray(tissue[:256, :256]))
-    canvas = SlowCanvas(256, 256)
-    start = time.perf_counter()
-    translate(image, canvas, runner, policy="in", tile_size=64, batch_size=1)
-    elapsed = time.perf_counter() - start
-    sequential = 16 * (0.2 + 0.2 + 0.04)
-    assert elapsed < 0.75 * sequential, f"{elapsed:.2f} s: the stages ran one after the other"
-    runner.module.seconds = 0.0
-    plain = run(np.ascontiguousarray(tissue[:256, :256]), runner, policy="in", tile_size=64, batch_size=1)
-    np.testing.assert_array_equal(canvas.pixels, plain)
+    gates = Gates()
+    image = np.ascontiguousarray(tissue[:256, :256])
+    runner = TileRunner(Generator(GatedModel(make_generator().module, gates, 16), "x", {}, 4), CPU)
+    grid = TileGrid(256, 256, 64, 16)
+    canvas = GatedCanvas(256, 256, gates, 16, 64)
+    gates.open = True
+    translate(GatedImage(image, gates, grid), canvas, runner, policy="in", tile_size=64, margin=16, batch_size=1)
+    assert gates.forwards_started == 16 and gates.reads_started == set(range(16))
+    gates.open = False
+    np.testing.assert_array_equal(canvas.pixels, run(image, runner, policy="in", tile_size=64, batch_size=1))
+
+
+class InFlightImage(ArrayImage):
+    """Counts reads in progress; each takes a while, as a slide's do."""
+
+    def __init__(self, pixels) -> None:
+        super().__init__(pixels)
+        self.in_flight = self.started = 0
+        self.lock = threading.Lock()
+
+    def read(self, box):
+        with self.lock:
+            self.in_flight += 1
+            self.started += 1
+        try:
+            threading.Event().wait(0.05)
+            return super().read(box)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+@pytest.mark.parametrize("leave", ["at the end", "on an error"])
+def test_reader_threads_end_with_the_reader(tissue, leave):
+    """The slide is closed right after the reader: no read may still run, or start, then."""
+    from dn_cli.prefetch import TileReader
+
+    image = InFlightImage(np.ascontiguousarray(tissue))
+    grid = TileGrid(512, 512, 64, 16)
+    batches = [range(i, i + 8) for i in range(0, 64, 8)]
+    with pytest.raises(KeyboardInterrupt) if leave == "on an error" else contextlib.nullcontext():
+        with TileReader(image, grid, batches, workers=4) as reader:
+            reader.read(batches[0])
+            if leave == "on an error":
+                raise KeyboardInterrupt  # Ctrl-C with reads queued and in flight
+            for batch in batches[1:]:
+                reader.read(batch)
+    started = image.started
+    assert image.in_flight == 0
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("dn-read", "dn-stage"))]
+    threading.Event().wait(0.2)
+    assert image.started == started  # nothing queued started afterwards
 
 
 def test_collecting_stops_after_the_last_norm_layer_with_the_same_moments(tissue):
