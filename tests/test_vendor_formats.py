@@ -2,11 +2,13 @@
 
 import json
 import shutil
+import struct
 import warnings
 
 import numpy as np
 import openslide
 import pytest
+import pyvips
 import tifffile
 from click.testing import CliRunner
 from skimage.transform import resize
@@ -236,3 +238,82 @@ def test_a_slide_with_bounds_is_read_from_its_scanned_region(tmp_path, tissue, c
     result = translate(path, "-o", tmp_path / "o.tif", "--model", checkpoint, "--norm", "in", "--no-tissue", "--json")
     assert result.exit_code == 0, result.output
     assert (json.loads(result.stdout)["width"], json.loads(result.stdout)["height"]) == (512, 512)
+
+
+def mirax(path, pixels, side=128, missing=((1, 1),), fill_rgb=(230, 220, 250), mpp=0.25):
+    """A 3DHistech MIRAX slide written at test time: ``NAME.mrxs`` beside a folder holding
+    Slidedat.ini, Index.dat and one data file of PNG camera images (``side`` pixels, two zoom
+    levels), the layout OpenSlide's mirax driver reads. Images listed in ``missing`` (column,
+    row) were never scanned: OpenSlide returns them transparent and reports the slide's fill
+    colour as openslide.background-color."""
+    rows, cols = pixels.shape[0] // side, pixels.shape[1] // side
+    folder = path.with_suffix("")
+    folder.mkdir()
+    scanned = pixels.copy()  # what the scanner's own level 1 shows: the fill where it took no image
+    for x, y in missing:
+        scanned[y * side : (y + 1) * side, x * side : (x + 1) * side] = fill_rgb
+    data, index_entries = bytearray(), []
+    for concat in (1, 2):
+        entries = []
+        for y in range(0, rows, concat):
+            for x in range(0, cols, concat):
+                if concat == 1 and (x, y) in missing:
+                    continue
+                block = scanned[y * side : (y + concat) * side, x * side : (x + concat) * side]
+                image = block if concat == 1 else shrink(block, concat)
+                png = pyvips.Image.new_from_array(np.ascontiguousarray(image), interpretation="srgb").pngsave_buffer()
+                entries.append((y * cols + x, len(data), len(png), 0))
+                data += png
+        index_entries.append(entries)
+    slide_id = "0123456789abcdef"
+    header = b"01.02" + slide_id.encode()
+    # Index.dat: [header][hier root → table][nonhier root], the table one pointer per level, each to
+    # (0, first page), a page being (entries, next page = 0, then entries of 4 int32).
+    table_at = len(header) + 8
+    pages_at = table_at + 4 * len(index_entries)
+    index, pages = bytearray(header), bytearray()
+    index += struct.pack("<ii", table_at, 0)
+    for entries in index_entries:
+        start = pages_at + len(pages)
+        index += struct.pack("<i", start)
+        pages += struct.pack("<ii", 0, start + 8) + struct.pack("<ii", len(entries), 0)
+        for entry in entries:
+            pages += struct.pack("<iiii", *entry)
+    (folder / "Index.dat").write_bytes(bytes(index + pages))
+    (folder / "Data0000.dat").write_bytes(bytes(data))
+    r, g, b = fill_rgb
+    sections = "".join(
+        f"[LAYER_0_LEVEL_{k}_SECTION]\nOVERLAP_X=0\nOVERLAP_Y=0\nMICROMETER_PER_PIXEL_X={mpp * 2**k}\n"
+        f"MICROMETER_PER_PIXEL_Y={mpp * 2**k}\nIMAGE_FORMAT=PNG\nIMAGE_FILL_COLOR_BGR={(b << 16) | (g << 8) | r}\n"
+        f"DIGITIZER_WIDTH={side}\nDIGITIZER_HEIGHT={side}\nIMAGE_CONCAT_FACTOR={min(k, 1)}\n"
+        for k in range(2)
+    )
+    (folder / "Slidedat.ini").write_text(
+        f"[GENERAL]\nSLIDE_ID={slide_id}\nIMAGENUMBER_X={cols}\nIMAGENUMBER_Y={rows}\nOBJECTIVE_MAGNIFICATION=20\n"
+        "CameraImageDivisionsPerSide=1\n[HIERARCHICAL]\nHIER_COUNT=1\nNONHIER_COUNT=0\nINDEXFILE=Index.dat\n"
+        "HIER_0_NAME=Slide zoom level\nHIER_0_COUNT=2\nHIER_0_VAL_0_SECTION=LAYER_0_LEVEL_0_SECTION\n"
+        "HIER_0_VAL_1_SECTION=LAYER_0_LEVEL_1_SECTION\n[DATAFILE]\nFILE_COUNT=1\nFILE_0=Data0000.dat\n" + sections
+    )
+    path.write_bytes(b"")  # OpenSlide only asks that it exists
+    return path
+
+
+def test_a_mirax_slide_fills_what_was_never_scanned_with_its_background(tmp_path, tissue, checkpoint):
+    fill = (230, 220, 250)
+    path = mirax(tmp_path / "case.mrxs", tissue, fill_rgb=fill)
+    with openslide.OpenSlide(str(path)) as raw:
+        assert raw.properties["openslide.vendor"] == "mirax" and raw.dimensions == (512, 512)
+        assert raw.properties["openslide.background-color"] == "E6DCFA"
+        assert np.asarray(raw.read_region((128, 128), 0, (128, 128)))[..., 3].max() == 0  # transparent
+    with open_source(path) as source:
+        assert (source.width, source.height, source.mpp) == (512, 512, 0.25)
+        pixels = source.read(Box(64, 64, 256, 256))  # the missing image and the tissue around it
+        expected = tissue[64:320, 64:320].copy()
+        expected[64:192, 64:192] = fill
+        np.testing.assert_array_equal(pixels, expected)  # PNG: lossless
+        thumbnail = source.thumbnail(256).astype(int)  # from level 1, where the hole is filled too
+        assert np.abs(thumbnail[72:120, 72:120] - np.array(fill)).max() <= 1
+    result = translate(path, "-o", tmp_path / "o.tif", "--model", checkpoint, "--norm", "in", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert (record["width"], record["height"], record["mpp"]) == (512, 512, 0.25)
