@@ -27,8 +27,9 @@ def test_bench_reports_the_pipeline_against_the_ceiling():
     results = last_json(run_script("bench.py", "--size", "512", "--tile-size", "256", "--batch-sizes", "2"))
     (row,) = results["sweep"]
     assert row["batch_size"] == 2 and row["tiles"] == 4
-    for key in ("ceiling_tiles_per_s", "in_tiles_per_s", "dn_tiles_per_s", "in_fraction", "dn_fraction"):
-        assert row[key] > 0
+    # Fractions of what each policy can reach: the ceiling for in, half of it for dn (two forwards).
+    assert row["in_fraction"] == pytest.approx(row["in_tiles_per_s"] / row["ceiling_tiles_per_s"])
+    assert row["dn_fraction"] == pytest.approx(row["dn_tiles_per_s"] / (row["ceiling_tiles_per_s"] / 2))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machines without a GPU")
@@ -71,7 +72,8 @@ def test_scaling_bench_measures_each_size_and_draws_the_chart(tmp_path):
     for runs in results.values():
         for norm, run in runs.items():
             assert run["norm"] == norm  # the child ran the policy asked for
-            assert run["exit"] == 0 and run["seconds"] > 0 and run["peak_rss_mb"] > 0
+            assert run["exit"] == 0 and run["seconds"] > 0
+            assert run["peak_rss_mb"] > 100  # the child's own peak: it loaded torch and ran the model
     svg = ElementTree.parse(chart).getroot()
     assert svg.tag.endswith("svg") and len(svg.findall("{http://www.w3.org/2000/svg}circle")) == 2 * 2 * 2
 
