@@ -6,6 +6,8 @@ The model is affine (InstanceNorms with their own γ and β) and has a downsampl
 has ragged edge tiles and skipped tiles.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -28,27 +30,61 @@ def reflect(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(index < size, index, period - index)
 
 
-class Reference:
-    """Two passes over the grid: collect every tile's moments, then apply every tile."""
+class ReferenceNorm(nn.Module):
+    """Stands in for one InstanceNorm2d: hands its input to the reference, which knows the tile."""
 
-    def __init__(self, model: nn.Sequential, image: np.ndarray, active: np.ndarray, weighting: str) -> None:
-        self.model, self.image, self.active, self.weighting = model, image, active, weighting
+    def __init__(self, reference: "Reference", norm: nn.InstanceNorm2d) -> None:
+        super().__init__()
+        self.reference, self.norm = [reference], norm  # a list: the reference is not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reference[0].normalise_here(self.norm, x)
+
+
+class Reference:
+    """Two passes over the grid: collect every tile's moments, then apply every tile.
+
+    Any model: a float64 copy of it whose InstanceNorms call back into the reference, which
+    numbers them in the order they run.
+    """
+
+    def __init__(
+        self, model: nn.Module, image: np.ndarray, active: np.ndarray, weighting: str, tile: int = T, margin: int = M
+    ) -> None:
+        self.model = copy.deepcopy(model).double().eval()
+        self._swap_norms(self.model)
+        self.image, self.active, self.weighting = image, active, weighting
+        self.tile, self.margin = tile, margin
         self.height, self.width = image.shape[:2]
         self.rows, self.cols = active.shape
         self.moments: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
+    def _swap_norms(self, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.InstanceNorm2d):
+                setattr(module, name, ReferenceNorm(self, child))
+            else:
+                self._swap_norms(child)
+
+    def normalise_here(self, norm: nn.InstanceNorm2d, x: torch.Tensor) -> torch.Tensor:
+        row, col = self.at
+        index, self.calls = self.calls, self.calls + 1
+        return self.dense(row, col, index, norm, x) if self.applying else self.collect(row, col, norm, x)
+
     def padded_tile(self, row: int, col: int) -> torch.Tensor:
         """The tile grown by the margin, read from the image; only outside it mirrored."""
-        ys = reflect(np.arange(row * T - M, row * T + T + M), self.height)
-        xs = reflect(np.arange(col * T - M, col * T + T + M), self.width)
+        t, m = self.tile, self.margin
+        ys = reflect(np.arange(row * t - m, row * t + t + m), self.height)
+        xs = reflect(np.arange(col * t - m, col * t + t + m), self.width)
         pixels = torch.from_numpy(self.image[np.ix_(ys, xs)].astype(np.float32))
         return (pixels.permute(2, 0, 1)[None] / 127.5 - 1).double()
 
     def centres(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Image coordinates (y, x) of a feature map's pixel centres."""
-        s = (T + 2 * M) / size
+        t, m = self.tile, self.margin
+        s = (t + 2 * m) / size
         k = np.arange(size)
-        return row * T - M + (k + 0.5) * s, col * T - M + (k + 0.5) * s
+        return row * t - m + (k + 0.5) * s, col * t - m + (k + 0.5) * s
 
     def inside(self, row: int, col: int, size: int) -> torch.Tensor:
         """Which feature pixels' centres lie in the image: a tile's moments are taken over those."""
@@ -82,7 +118,8 @@ class Reference:
         if self.weighting == "flat":  # KIN: the 3 × 3 neighbours' mean, constant over the tile
             around = [(i, j) for i in range(row - 1, row + 2) for j in range(col - 1, col + 2)]
             return {tile: np.ones_like(y) for tile in around if self.valid(*tile)}
-        u, v = (x - T / 2) / T, (y - T / 2) / T  # fractional grid coordinates; tile centres are integers
+        t = self.tile
+        u, v = (x - t / 2) / t, (y - t / 2) / t  # fractional grid coordinates; tile centres are integers
         weights = {}
         for i, j in np.ndindex(self.rows, self.cols):  # every tile's bilinear hat: 1 at its centre, 0 a tile away
             if self.valid(i, j):
@@ -92,30 +129,27 @@ class Reference:
     @staticmethod
     def normalise(norm: nn.InstanceNorm2d, x, mean, inverse_std) -> torch.Tensor:
         y = (x - mean) * inverse_std
-        return y * norm.weight.double()[None, :, None, None] + norm.bias.double()[None, :, None, None]
+        if norm.affine:
+            y = y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
+        return y
 
-    def run(self, row: int, col: int, dense: bool) -> torch.Tensor:
-        x, index = self.padded_tile(row, col), 0
-        for layer in self.model:
-            if isinstance(layer, nn.InstanceNorm2d):
-                x = self.dense(row, col, index, layer, x) if dense else self.collect(row, col, layer, x)
-                index += 1
-            else:
-                x = layer.double()(x)
-        return x
+    def run(self, row: int, col: int, applying: bool) -> torch.Tensor:
+        self.at, self.applying, self.calls = (row, col), applying, 0
+        return self.model(self.padded_tile(row, col))
 
     def translate(self) -> np.ndarray:
         with torch.no_grad():
             for tile in np.ndindex(self.rows, self.cols):
                 if self.valid(*tile):
-                    self.run(*tile, dense=False)
+                    self.run(*tile, applying=False)
             tiles = list(zip(*np.nonzero(self.active), strict=True))
             out = np.zeros((self.height, self.width, 3), np.uint8)
+            t, m = self.tile, self.margin
             for i, j in tiles:
-                y = self.run(i, j, dense=True)[0, :, M : M + T, M : M + T]
+                y = self.run(i, j, applying=True)[0, :, m : m + t, m : m + t]
                 pixels = ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-                h, w = min(T, self.height - i * T), min(T, self.width - j * T)
-                out[i * T : i * T + h, j * T : j * T + w] = pixels[:h, :w]
+                h, w = min(t, self.height - i * t), min(t, self.width - j * t)
+                out[i * t : i * t + h, j * t : j * t + w] = pixels[:h, :w]
         return out
 
 
