@@ -59,7 +59,8 @@ def tissue_mask(thumbnail: np.ndarray, mpp: float, min_area_um2: float = 5000.0)
     s = F.avg_pool2d(s, 3, stride=1, padding=1, count_include_pad=False)
     threshold = float(np.clip(otsu_threshold(s.numpy().ravel()), *THRESHOLD_RANGE))
     m = (s > threshold).float()
-    # Holes and specks smaller than min_area_um2: the radius of a disc of that area, in pixels.
+    # Holes and specks smaller than min_area_um2: a square of side 2r + 1, r the radius of a disc
+    # of that area in pixels (max-pooling makes squares; close enough at this size).
     radius = round(math.sqrt(min_area_um2 / math.pi) / mpp)
     m = _morph(_morph(m, radius, grow=True), radius, grow=False)  # closing
     m = _morph(_morph(m, radius, grow=False), radius, grow=True)  # opening
