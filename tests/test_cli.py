@@ -140,3 +140,18 @@ def test_real_subprocess(tmp_path, image, checkpoint):
     )
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines() == [f"dn: error: {out} exists (use --overwrite to replace it)"]
+
+
+def test_the_readme_option_table_is_the_help_and_the_help_reads_well():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = [line.replace("\\|", "/") for line in readme.splitlines() if line.startswith("| `-")]  # \| in a cell
+    first_cells = [row.split("|")[1] for row in rows]
+    documented = {option for cell in first_cells for option in re.findall(r"--[a-z0-9-]+", cell)}
+    translate = cli.commands["translate"]
+    offered = {o for p in translate.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+    assert documented == offered - {"--help"}
+    text = invoke("translate", "--help").output
+    assert "--mpp MICRONS" in text and "ΜM" not in text  # click upper-cases metavars: µm would become ΜM
