@@ -217,3 +217,26 @@ def test_tiles_past_the_image_edge_record_the_moments_of_their_in_image_part(gen
         torch.testing.assert_close(mean[1], expected_mean, atol=1e-5, rtol=1e-5)
     # Every layer but the last, whose recording ends the pass before its hook runs; every scale.
     assert len(seen) == len(layers) - 1 and {x.shape[2] for x, _ in seen.values()} == {96, 48, 24}
+
+
+@pytest.mark.parametrize("weighting", ["bilinear", "flat"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_fused_dense_norm_equals_fields_then_normalisation(weighting, masked):
+    """The form a compiled model runs (μ and r blended where used) gives the numbers of the eager
+    one (two full-size fields), to float32 rounding, with and without masked neighbours."""
+    from dn_cli.dense_norm import fused_dense_norm
+
+    torch.manual_seed(0)
+    batch, channels, h, w = 3, 8, 24, 20
+    x = torch.randn(batch, channels, h, w) * 3 + 1
+    moments = torch.randn(batch, 3, 3, 2, channels)
+    moments[:, :, :, 1] = moments[:, :, :, 1].abs() + 0.2  # inverse stds are positive
+    valid = (torch.rand(batch, 3, 3) > 0.4).float() if masked else torch.ones(batch, 3, 3)
+    valid[:, 1, 1] = 1  # a tile always has its own moments
+    wy_t = axis_weights(h, T, M, weighting).float().T.contiguous()
+    wx = axis_weights(w, T, M, weighting).float()
+    gamma, beta = torch.randn(channels), torch.randn(channels)
+    fields = dense_fields(moments, valid, not masked, wy_t, wx)
+    expected = (x - fields[0]) * fields[1] * gamma[:, None, None] + beta[:, None, None]
+    fused = fused_dense_norm(x, moments, valid, not masked, wy_t, wx, gamma, beta)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from dn_cli.dense_norm import DenseNorm2d
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.models import Generator
 from dn_cli.pipeline import TileRunner, translate
@@ -163,12 +164,16 @@ def reference_case(tissue):
     return image, active
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["fields", "fused"])
 @pytest.mark.parametrize("policy, weighting", [("dn", "bilinear"), ("kin", "flat")])
-def test_dn_equals_a_slow_two_pass_reference_written_from_the_docs(reference_case, policy, weighting):
+def test_dn_equals_a_slow_two_pass_reference_written_from_the_docs(reference_case, policy, weighting, fused):
     image, active = reference_case
     model = affine_model()
     expected = Reference(affine_model(), image, active, weighting).translate()
     runner = TileRunner(Generator(model, "test", {}, 2), torch.device("cpu"))
+    for layer in runner.module.modules():
+        if isinstance(layer, DenseNorm2d):
+            layer.fused = fused  # the dense pass as a compiled model runs it, here eagerly
     for batch_size in (1, 4):
         canvas = Canvas(image.shape[1], image.shape[0])
         translate(
