@@ -98,7 +98,6 @@ def measure(
                 again.read(batch)
 
     def model() -> None:
-        runner.context.mode = "plain"
         for batch in model_batches:
             runner.forward(batch, None)
 

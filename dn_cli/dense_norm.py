@@ -1,19 +1,25 @@
 """Dense Normalization: the layer that replaces InstanceNorm, and the converter that swaps it in.
 
-The layer never sees tile coordinates. The pipeline fills one shared :class:`NormContext` per
-batch: in ``plain`` mode every layer normalises each tile with its own moments (and records
-them); in ``dense`` mode every layer reads the 3 × 3 neighbourhood of tile moments around each
-batch item and blends them per feature pixel (DESIGN.md §4).
+The layer never sees tile coordinates. Each forward of a converted model runs one
+:class:`DensePass`, a value the runner sets for that forward only (``PassScope.running``):
+``plain`` normalises each tile with its own moments; ``collect`` does the same over each tile's
+in-image part and yields the moments; ``apply`` blends, per feature pixel, the 3 × 3
+neighbourhood of tile moments around each batch item (DESIGN.md §4). Layers read the pass and
+write nothing back: collecting runs a copy of the model's graph cut after its last norm layer
+that returns every layer's moments (:func:`collecting_model`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 Weighting = Literal["bilinear", "flat"]
 
@@ -37,36 +43,54 @@ class Neighbourhood:
         return Neighbourhood([m[items] for m in self.moments], self.valid[items], self.complete)
 
 
-class MomentsRecorded(Exception):  # noqa: N818 (not an error: the collect pass is done)
-    """Raised once every norm layer has recorded: collecting needs nothing after that."""
-
-
-@dataclass
-class NormContext:
-    """State shared by every DenseNorm2d of one model, set by the pipeline before each forward.
+@dataclass(frozen=True)
+class DensePass:
+    """What one forward of a converted model does.
 
     Attributes:
+        kind: ``plain`` (per-tile InstanceNorm), ``collect`` (per-tile, over the in-image part,
+            yielding the moments) or ``apply`` (moments blended from ``neighbourhood``).
         tile_size: T in level pixels (feature geometry, DESIGN.md §2).
         margin: m in level pixels.
-        mode: ``plain`` (per-tile InstanceNorm) or ``dense`` (moments from ``neighbourhood``).
-        record: in plain mode, keep each layer's moments in ``recorded``; once all ``layers``
-            have recorded, stop the forward (:class:`MomentsRecorded`): the rest of the network
-            cannot change what was recorded (0: never stop).
         weighting: ``bilinear`` for DN, ``flat`` (mean of the valid neighbours) for KIN.
-        inside: while recording, for each batch item the part of its padded tile that lies in the
-            image, as fractions of the side (top, bottom, left, right); a tile with a part outside
-            (mirrored image) records the moments of its in-image part only. None: all are whole.
+        neighbourhood: the moments around each batch item (``apply``).
+        inside: for each batch item the part of its padded tile that lies in the image, as
+            fractions of the side (top, bottom, left, right); a tile with a part outside
+            (mirrored image) is normalised with, and yields, the moments of that part (``collect``).
+            None: all are whole.
     """
 
+    kind: Literal["plain", "collect", "apply"] = "plain"
     tile_size: int = 512
     margin: int = 16
-    mode: Literal["plain", "dense"] = "plain"
-    record: bool = False
-    layers: int = 0
     weighting: Weighting = "bilinear"
     neighbourhood: Neighbourhood | None = None
-    inside: list[tuple[float, float, float, float]] | None = None
-    recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    inside: tuple[tuple[float, float, float, float], ...] | None = None
+
+    def slice(self, items: slice) -> DensePass:
+        """The pass of some batch items only."""
+        nb, inside = self.neighbourhood, self.inside
+        return replace(
+            self,
+            neighbourhood=None if nb is None else nb.slice(items),
+            inside=None if inside is None else inside[items],
+        )
+
+
+class PassScope:
+    """Where the DN layers of one converted model find the pass of the current forward. Only its
+    runner sets it, for one forward at a time; outside ``running`` every layer is plain."""
+
+    def __init__(self) -> None:
+        self.current = DensePass()
+
+    @contextmanager
+    def running(self, dense_pass: DensePass) -> Iterator[None]:
+        previous, self.current = self.current, dense_pass
+        try:
+            yield
+        finally:
+            self.current = previous
 
 
 def axis_weights(n: int, tile_size: int, margin: int, weighting: Weighting) -> torch.Tensor:
@@ -142,19 +166,19 @@ def fused_dense_norm(
 
 
 class DenseNorm2d(nn.Module):
-    """InstanceNorm2d whose moments come from the shared :class:`NormContext`.
+    """InstanceNorm2d whose moments follow the pass in its :class:`PassScope`.
 
     Keeps the replaced layer's ``eps`` and affine parameters; statistics are float32 whatever the
-    model's precision. ``fused`` picks :func:`fused_dense_norm` for the dense pass (the form a
+    model's precision. ``fused`` picks :func:`fused_dense_norm` for the apply pass (the form a
     compiled model wants) over :func:`dense_fields` (the faster one eagerly).
     """
 
-    def __init__(self, num_features: int, eps: float, context: NormContext, index: int) -> None:
+    def __init__(self, num_features: int, eps: float, scope: PassScope, index: int) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = eps
         self.index = index
-        self.context = context
+        self.scope = scope
         self.weight: nn.Parameter | None = None
         self.bias: nn.Parameter | None = None
         self.fused = False  # fused_dense_norm, for torch.compile: no full-size fields
@@ -164,13 +188,26 @@ class DenseNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, index={self.index}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.collect(x)[0] if self.scope.current.kind != "apply" else self._in_float32(self._dense, x)
+
+    def collect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(output, mean, inverse std)`` of per-tile InstanceNorm, each tile over its in-image part."""
+        moments = []
+
+        def normalise(x32: torch.Tensor) -> torch.Tensor:
+            y, mean, inv_std = self._plain(x32)
+            moments.extend((mean, inv_std))
+            return y
+
+        return (self._in_float32(normalise, x), *moments)
+
+    @staticmethod
+    def _in_float32(normalise, x: torch.Tensor) -> torch.Tensor:
         # Moments and normalisation in float32 even under fp16/bf16 autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x32 = x.float()
-            y = self._plain(x32) if self.context.mode == "plain" else self._dense(x32)
-        return y.to(x.dtype)
+            return normalise(x.float()).to(x.dtype)
 
-    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+    def _plain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Instance norm is batch norm over a (1, B*C, h, w) view: one fused kernel that also
         # returns the mean and inverse std (biased variance, this layer's eps).
         b, c, h, w = x.shape
@@ -180,18 +217,15 @@ class DenseNorm2d(nn.Module):
             x.reshape(1, b * c, h, w), weight, bias, None, None, True, 0.0, self.eps
         )
         y, mean, inv_std = y.view(b, c, h, w), mean.view(b, c), inv_std.view(b, c)
-        if self.context.record:
-            if self.context.inside is not None:
-                y, mean, inv_std = self._in_image_part(x, y, mean, inv_std, self.context.inside)
-            self.context.recorded[self.index] = (mean, inv_std)
-            if len(self.context.recorded) == self.context.layers:
-                raise MomentsRecorded
-        return y
+        inside = self.scope.current.inside
+        if self.scope.current.kind == "collect" and inside is not None:
+            y, mean, inv_std = self._in_image_part(x, y, mean, inv_std, inside)
+        return y, mean, inv_std
 
     def _in_image_part(
-        self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, inside: list
+        self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, inside: tuple
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tiles that reach past the image normalised with, and recording, the moments of the
+        """Tiles that reach past the image normalised with, and yielding, the moments of the
         feature pixels whose centres lie in the image (mirrored content would bias them). One tile
         at a time: a tile's moments never depend on the batch it came in."""
         y, mean, inv_std = y.clone(), mean.clone(), inv_std.clone()
@@ -208,10 +242,11 @@ class DenseNorm2d(nn.Module):
         return y, mean, inv_std
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
-        nb = self.context.neighbourhood
+        p = self.scope.current
+        nb = p.neighbourhood
         if nb is None:
-            raise RuntimeError("DenseNorm2d in dense mode without a neighbourhood")
-        wy_t, wx = self._axis_weights(x.shape[2], x.shape[3], x.device)
+            raise RuntimeError("DenseNorm2d applying without a neighbourhood")
+        wy_t, wx = self._axis_weights(x.shape[2], x.shape[3], x.device, p)
         if self.fused:
             weight, bias = (None, None) if self.weight is None else (self.weight.float(), self.bias.float())
             return fused_dense_norm(x, nb.moments[self.index], nb.valid, nb.complete, wy_t, wx, weight, bias)
@@ -222,11 +257,10 @@ class DenseNorm2d(nn.Module):
             y.mul_(self.weight.float()[:, None, None]).add_(self.bias.float()[:, None, None])
         return y
 
-    def _axis_weights(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.context
-        key = (h, w, c.tile_size, c.margin, c.weighting, device)
+    def _axis_weights(self, h: int, w: int, device: torch.device, p: DensePass) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (h, w, p.tile_size, p.margin, p.weighting, device)
         if key not in self._weights_cache:
-            wy, wx = (axis_weights(n, c.tile_size, c.margin, c.weighting).to(device, torch.float32) for n in (h, w))
+            wy, wx = (axis_weights(n, p.tile_size, p.margin, p.weighting).to(device, torch.float32) for n in (h, w))
             self._weights_cache[key] = (wy.T.contiguous(), wx)
         return self._weights_cache[key]
 
@@ -241,8 +275,8 @@ def _span(start: float, stop: float, n: int) -> slice:
     return slice(first, end)
 
 
-def convert_instance_norm(module: nn.Module, context: NormContext) -> tuple[nn.Module, list[DenseNorm2d]]:
-    """Replace every ``nn.InstanceNorm2d`` in ``module`` by a :class:`DenseNorm2d` sharing ``context``.
+def convert_instance_norm(module: nn.Module, scope: PassScope) -> tuple[nn.Module, list[DenseNorm2d]]:
+    """Replace every ``nn.InstanceNorm2d`` in ``module`` by a :class:`DenseNorm2d` reading ``scope``.
 
     Returns the converted module (``module`` itself unless it is an InstanceNorm) and the new
     layers in module order; ``layer.index`` is the position in that list.
@@ -251,7 +285,7 @@ def convert_instance_norm(module: nn.Module, context: NormContext) -> tuple[nn.M
 
     def convert(m: nn.Module) -> nn.Module:
         if isinstance(m, nn.InstanceNorm2d):
-            dense = DenseNorm2d(m.num_features, m.eps, context, index=len(layers))
+            dense = DenseNorm2d(m.num_features, m.eps, scope, index=len(layers))
             if m.affine:
                 dense.weight = nn.Parameter(m.weight.detach().clone(), requires_grad=False)
                 dense.bias = nn.Parameter(m.bias.detach().clone(), requires_grad=False)
@@ -264,3 +298,84 @@ def convert_instance_norm(module: nn.Module, context: NormContext) -> tuple[nn.M
         return m
 
     return convert(module), layers
+
+
+class _Tracer(fx.Tracer):
+    """Traces a converted model with its DN layers as opaque calls."""
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return isinstance(m, DenseNorm2d) or super().is_leaf_module(m, qualified_name)
+
+
+class CollectingLayer(nn.Module):
+    """A DN layer's collect, as a module the cut graph calls: ``(output, mean, inverse std)``."""
+
+    def __init__(self, layer: DenseNorm2d) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.layer.collect(x)
+
+
+class WholeForwardCollecting(nn.Module):
+    """Collecting for a model fx cannot trace: the whole forward, each layer's moments taken by a
+    hook from its input (computed twice: the price of a model that cannot be cut)."""
+
+    def __init__(self, module: nn.Module, layers: list[DenseNorm2d]) -> None:
+        super().__init__()
+        self.module, self.layers = module, layers
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def take(layer: DenseNorm2d, inputs: tuple, _output) -> None:
+            moments[layer.index] = layer.collect(inputs[0])[1:]
+
+        hooks = [layer.register_forward_hook(take) for layer in self.layers]
+        try:
+            self.module(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return tuple(m for index in range(len(self.layers)) for m in moments[index])
+
+
+def collecting_model(module: nn.Module, layers: list[DenseNorm2d]) -> nn.Module:
+    """A model that returns every DN layer's ``(mean, inverse std)`` in layer order, flattened,
+    under per-tile IN over each tile's in-image part: the converted model's graph cut after its
+    last norm layer (nothing there can change what was collected; for a ResNet generator that
+    skips the output convolutions), with no state and no exception. Only models built of dn's
+    own and torch's modules are traced: tracing runs a forward on proxies, and a user's class may
+    keep Python state or branch on it (a trace would change the state, or bake one branch in).
+    Those, and anything torch.fx cannot cut, are collected by the whole forward instead."""
+    if not all(type(m).__module__.startswith(("dn_cli.", "torch.nn.")) for m in module.modules()):
+        return WholeForwardCollecting(module, layers)
+    try:
+        graph = _Tracer().trace(module)
+    except Exception:  # any user code fx cannot follow
+        return WholeForwardCollecting(module, layers)
+    root = fx.GraphModule(module, graph)
+    moments: dict[int, tuple[fx.Node, fx.Node]] = {}
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not isinstance(layer := root.get_submodule(node.target), DenseNorm2d):
+            continue
+        if layer.index in moments:  # one layer run twice: its moments would be ambiguous
+            return WholeForwardCollecting(module, layers)
+        name = f"collecting_{layer.index}"
+        root.add_submodule(name, CollectingLayer(layer))
+        with graph.inserting_after(node):
+            collected = graph.call_module(name, node.args, node.kwargs)
+        with graph.inserting_after(collected):
+            parts = [graph.call_function(operator.getitem, (collected, k)) for k in range(3)]
+        node.replace_all_uses_with(parts[0])
+        graph.erase_node(node)
+        moments[layer.index] = (parts[1], parts[2])
+    if sorted(moments) != list(range(len(layers))):
+        return WholeForwardCollecting(module, layers)
+    output = next(node for node in graph.nodes if node.op == "output")
+    output.args = (tuple(m for index in range(len(layers)) for m in moments[index]),)
+    graph.eliminate_dead_code()
+    root.recompile()
+    root.delete_all_unused_submodules()
+    return root

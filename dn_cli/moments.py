@@ -21,11 +21,10 @@ class MomentLayout:
         self.channels = channels
         self.total = sum(channels)
 
-    def pack(self, recorded: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """``{layer: (mean, inv_std)}`` each ``(B, C_i)`` → ``(B, 2, C_total)``."""
-        means = torch.cat([recorded[i][0] for i in range(len(self.channels))], dim=1)
-        inv_stds = torch.cat([recorded[i][1] for i in range(len(self.channels))], dim=1)
-        return torch.stack([means, inv_stds], dim=1)
+    def pack(self, moments: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Every layer's mean and inverse std, each ``(B, C_i)``, in layer order
+        (``mean_0, inv_std_0, mean_1, ...``) → ``(B, 2, C_total)``."""
+        return torch.stack([torch.cat(moments[0::2], dim=1), torch.cat(moments[1::2], dim=1)], dim=1)
 
     def neighbourhood(self, packed: torch.Tensor, valid: torch.Tensor, complete: bool) -> Neighbourhood:
         """``(B, 3, 3, 2, C_total)`` moments and their ``(B, 3, 3)`` mask → per-layer views."""

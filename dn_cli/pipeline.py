@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dn_cli.dense_norm import MomentsRecorded, Neighbourhood, NormContext, convert_instance_norm
+from dn_cli.dense_norm import DensePass, Neighbourhood, PassScope, collecting_model, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError, first_line
 from dn_cli.geometry import Box, TileGrid, check_geometry, default_margin, fit_grid
@@ -41,11 +42,12 @@ class TileRunner:
     """
 
     def __init__(self, generator: Generator, device: torch.device, dtype: torch.dtype | None = None) -> None:
-        self.context = NormContext()
-        module, layers = convert_instance_norm(copy.deepcopy(generator.module), self.context)
-        self.context.layers = len(layers)
+        self.scope = PassScope()
+        module, self.layers = convert_instance_norm(copy.deepcopy(generator.module), self.scope)
         self.module = module.to(device).eval()
-        self.layout = MomentLayout([layer.num_features for layer in layers])
+        self.collecting = collecting_model(self.module, self.layers)
+        self.layout = MomentLayout([layer.num_features for layer in self.layers])
+        self.geometry = DensePass()  # tile size, margin and weighting of the image being translated
         self.stride, self.min_size, self.name = generator.stride, generator.min_size, generator.name
         self.device, self.dtype = device, dtype
         exact_fp32(device, dtype)
@@ -57,18 +59,20 @@ class TileRunner:
         x = torch.from_numpy(np.require(np.stack(tiles), requirements=["C", "W"]))  # reads may be read-only views
         return x.pin_memory() if self.device.type == "cuda" else x
 
-    def _forward(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def _forward(self, tiles: np.ndarray | torch.Tensor, dense_pass: DensePass) -> torch.Tensor | tuple:
+        """The model's output for one pass, or the collected moments (a tuple) for a collect pass."""
         x = tiles if isinstance(tiles, torch.Tensor) else self.stage(tiles)
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
-        with torch.inference_mode(), autocast(self.device, self.dtype):
+        collecting = dense_pass.kind == "collect"
+        with torch.inference_mode(), autocast(self.device, self.dtype), self.scope.running(dense_pass):
             try:
-                y = self.module(x)
-            except MomentsRecorded:  # collecting: the layers after the last norm were skipped
-                return x
+                y = (self.collecting if collecting else self.module)(x)
             except Exception as e:  # the model's own failure, named; memory is _run's to handle
                 if too_big(e):
                     raise
                 raise ModelError(f"{self.name} failed: {type(e).__name__}: {first_line(e)}") from e
+        if collecting:
+            return self.layout.pack(y)
         if y.shape[-2:] != x.shape[-2:]:  # load refuses such models; a model may still change its mind
             raise ModelError(
                 f"{self.name} gave {y.shape[-1]} × {y.shape[-2]} pixels for a {x.shape[-1]} × {x.shape[-2]} tile: "
@@ -76,21 +80,16 @@ class TileRunner:
             )
         return y
 
-    def _run(
-        self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, inside: list | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(output, packed moments when recording) of a batch, in forwards of at most ``max_batch``
-        tiles: a batch too big for the device's memory or a kernel's index range is split in
-        halves until it fits, and later batches start at the size that fit."""
-        outputs, moments = [], []
+    def _run(self, tiles: np.ndarray, dense_pass: DensePass) -> torch.Tensor:
+        """The output (or, collecting, the packed moments) of a batch, in forwards of at most
+        ``max_batch`` tiles: a batch too big for the device's memory or a kernel's index range is
+        split in halves until it fits, and later batches start at the size that fit."""
+        results = []
         start = 0
         while start < len(tiles):
             part = slice(start, start + self.max_batch)
-            self.context.neighbourhood = None if neighbourhood is None else neighbourhood.slice(part)
-            self.context.inside = None if inside is None else inside[part]
-            self.context.recorded.clear()
             try:
-                outputs.append(self._forward(tiles[part]))
+                results.append(self._forward(tiles[part], dense_pass.slice(part)))
             except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # OutOfMemoryError: torch.OutOfMemoryError too
                 if not too_big(e):
                     raise
@@ -105,13 +104,8 @@ class TileRunner:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            if self.context.record:
-                moments.append(self.layout.pack(self.context.recorded))
             start = part.stop
-        self.context.neighbourhood = self.context.inside = None
-        self.context.recorded.clear()
-        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-        return output, (None if not moments else moments[0] if len(moments) == 1 else torch.cat(moments))
+        return results[0] if len(results) == 1 else torch.cat(results)
 
     def collect(self, tiles: np.ndarray, inside: list[tuple[float, float, float, float]] | None = None) -> torch.Tensor:
         """Per-tile moments of every norm layer, ``(B, 2, C_total)``, under patch-wise IN.
@@ -120,20 +114,16 @@ class TileRunner:
             inside: the in-image part of each tile (``TileGrid.inside``): tiles that reach past
                 the image's edge take the moments of that part only.
         """
-        self.context.mode, self.context.record = "plain", True
         whole = inside is None or all(part == (0, 1, 0, 1) for part in inside)
-        try:
-            return self._run(tiles, None, None if whole else inside)[1]
-        finally:
-            self.context.record = False
+        return self._run(tiles, replace(self.geometry, kind="collect", inside=None if whole else tuple(inside)))
 
     def forward(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None) -> torch.Tensor:
         """The model's output in [-1, 1] for whole padded tiles.
 
         With ``neighbourhood`` None each tile is normalised with its own moments (plain IN).
         """
-        self.context.mode = "plain" if neighbourhood is None else "dense"
-        return self._run(tiles, neighbourhood)[0]
+        kind = "plain" if neighbourhood is None else "apply"
+        return self._run(tiles, replace(self.geometry, kind=kind, neighbourhood=neighbourhood))
 
     def apply(
         self, tiles: np.ndarray, neighbourhood: Neighbourhood | None, crop: int, size: int | tuple[int, int]
@@ -307,9 +297,9 @@ def translate(
             translate_whole(source, sink, runner, progress)
             return grid
         tile_size = grid.tile_size
-        context = runner.context
-        context.tile_size, context.margin = tile_size, margin
-        context.weighting = "flat" if policy == "kin" else "bilinear"
+        runner.geometry = DensePass(
+            tile_size=tile_size, margin=margin, weighting="flat" if policy == "kin" else "bilinear"
+        )
 
         moments: MomentRing | ThumbnailMoments | None = None
         if policy == "in" or runner.layout.total == 0:

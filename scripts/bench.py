@@ -31,7 +31,7 @@ from bench_dn_overhead import machine  # noqa: E402
 from bench_scaling import make_slide  # noqa: E402
 
 from dn_cli import benchmark  # noqa: E402
-from dn_cli.dense_norm import DenseNorm2d  # noqa: E402
+from dn_cli.dense_norm import DenseNorm2d, DensePass  # noqa: E402
 from dn_cli.device import autocast_dtype, select_device  # noqa: E402
 from dn_cli.errors import DeviceMemoryError  # noqa: E402
 from dn_cli.geometry import default_margin  # noqa: E402
@@ -57,7 +57,7 @@ def dn_layer_overhead(runner: TileRunner, padded: int, tile: int, margin: int, b
 
     layers = [m for m in runner.module.modules() if isinstance(m, DenseNorm2d)]
     hooks = [h for m in layers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    runner.context.tile_size, runner.context.margin = tile, margin
+    runner.geometry = DensePass(tile_size=tile, margin=margin)
     ring = MomentRing(runner.layout, 1, batch, 1, runner.device)
     ring.write(range(batch), runner.collect(tiles), oldest_needed_row=-1)
     neighbourhood = ring.gather(range(batch))

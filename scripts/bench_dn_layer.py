@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dn_overhead import machine  # noqa: E402
 
-from dn_cli.dense_norm import DenseNorm2d  # noqa: E402
+from dn_cli.dense_norm import DenseNorm2d, DensePass  # noqa: E402
 from dn_cli.geometry import default_margin  # noqa: E402
 from dn_cli.models import DEMO_MODEL, Generator, load_generator  # noqa: E402
 from dn_cli.models.resnet import ResnetGenerator  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
         generator, name = load_generator(DEMO_MODEL), "demo model"
     runner = TileRunner(generator, device, PRECISIONS[args.precision])
     margin = default_margin(args.tile_size, runner.stride)
-    runner.context.tile_size, runner.context.margin = args.tile_size, margin
+    runner.geometry = DensePass(tile_size=args.tile_size, margin=margin)
     tiles = tissue_tiles(args.batch_size, args.tile_size + 2 * margin)
     staged = runner.stage(tiles)
     packed = runner.collect(tiles)  # the tiles' own moments stand in for their neighbours'

@@ -65,7 +65,8 @@ def test_each_stage_measures_the_work_it_names(tissue, generator, monkeypatch):
     image = CountedImage(np.ascontiguousarray(tissue))
     runner = TileRunner(generator, torch.device("cpu"))
     forwarded = []
-    runner.module.register_forward_pre_hook(lambda _, args: forwarded.append(len(args[0])))
+    for model in (runner.module, runner.collecting):  # dn's collect forward runs the model cut short
+        model.register_forward_pre_hook(lambda _, args: forwarded.append(len(args[0])))
     repeats = 2
     report = benchmark.measure(image, runner, tile_size=128, margin=16, batch_size=3, repeats=repeats)
     assert (report["tiles"], report["megapixels"]) == (8, round(512 * 256 / 1e6, 3))

@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from dn_cli.dense_norm import DenseNorm2d, NormContext, axis_weights, convert_instance_norm, dense_fields
+from dn_cli.dense_norm import (
+    CollectingLayer,
+    DenseNorm2d,
+    DensePass,
+    PassScope,
+    axis_weights,
+    convert_instance_norm,
+    dense_fields,
+)
 from dn_cli.moments import MomentLayout, MomentRing
 from dn_cli.pipeline import TileRunner
 
@@ -122,7 +130,7 @@ def test_bilinear_axis_weights_are_a_partition_of_unity():
 
 def test_converter_swaps_every_instance_norm_at_known_paths():
     module = make_generator(n_blocks=3).module
-    converted, layers = convert_instance_norm(module, NormContext())
+    converted, layers = convert_instance_norm(module, PassScope())
     assert not any(isinstance(m, nn.InstanceNorm2d) for m in converted.modules())
     assert isinstance(converted.model[2], DenseNorm2d)
     assert isinstance(converted.model[10].conv_block[2], DenseNorm2d)
@@ -139,7 +147,7 @@ def test_converter_keeps_eps_and_affine_parameters():
     nn.init.normal_(norm.bias)
     original = nn.Sequential(nn.Conv2d(3, 4, 3), norm)
     converted, (layer,) = convert_instance_norm(
-        nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, eps=1e-3, affine=True)), NormContext()
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, eps=1e-3, affine=True)), PassScope()
     )
     converted.load_state_dict(original.state_dict())
     assert layer.eps == 1e-3
@@ -164,7 +172,7 @@ def with_affine_norms(generator):
 def test_one_tile_grid_equals_the_original_model(generator, tissue, affine):
     generator = with_affine_norms(generator) if affine else generator
     runner = TileRunner(generator, torch.device("cpu"))
-    runner.context.tile_size, runner.context.margin = T, M
+    runner.geometry = DensePass(tile_size=T, margin=M)
     tile = np.ascontiguousarray(tissue[:96, :96])[None]
     ring = MomentRing(runner.layout, rows=1, cols=1, slots=1, device=torch.device("cpu"))
     ring.write(range(1), runner.collect(tile), oldest_needed_row=-1)
@@ -175,14 +183,12 @@ def test_one_tile_grid_equals_the_original_model(generator, tissue, affine):
 
 
 def test_statistics_stay_float32_under_reduced_precision():
-    context = NormContext()
-    layer = DenseNorm2d(3, 1e-5, context, index=0)
-    context.record = True
+    layer = DenseNorm2d(3, 1e-5, PassScope(), index=0)
     x = (torch.randn(1, 3, 16, 16) * 300).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x)
+        y, mean, inv_std = layer.collect(x)
     assert y.dtype == torch.bfloat16
-    assert context.recorded[0][0].dtype == torch.float32
+    assert mean.dtype == inv_std.dtype == torch.float32
     torch.testing.assert_close(y.float(), nn.functional.instance_norm(x.float()), atol=0.05, rtol=0.02)
 
 
@@ -200,11 +206,11 @@ def test_tiles_past_the_image_edge_record_the_moments_of_their_in_image_part(gen
     assert inside == [(16 / 96, 1, 16 / 96, 1), (0, 1, 0, 1)]
     seen = {}
 
-    def keep(layer, inputs, _output):
-        seen[layer.index] = (inputs[0].clone(), layer.context.recorded[layer.index])
+    def keep(collecting, inputs, output):
+        seen[collecting.layer.index] = (inputs[0].clone(), output[1:])
 
     layers = [m for m in runner.module.modules() if isinstance(m, DenseNorm2d)]
-    hooks = [layer.register_forward_hook(keep) for layer in layers]
+    hooks = [m.register_forward_hook(keep) for m in runner.collecting.modules() if isinstance(m, CollectingLayer)]
     runner.collect(tiles, inside)
     for h in hooks:
         h.remove()
@@ -215,8 +221,8 @@ def test_tiles_past_the_image_edge_record_the_moments_of_their_in_image_part(gen
         torch.testing.assert_close(inv_std[0], torch.rsqrt(var + layers[index].eps), atol=1e-4, rtol=1e-4)
         var, expected_mean = torch.var_mean(x[1], dim=(1, 2), correction=0)  # the interior tile: all of it
         torch.testing.assert_close(mean[1], expected_mean, atol=1e-5, rtol=1e-5)
-    # Every layer but the last, whose recording ends the pass before its hook runs; every scale.
-    assert len(seen) == len(layers) - 1 and {x.shape[2] for x, _ in seen.values()} == {96, 48, 24}
+    # Every layer (the last too: no exception ends the pass before its hook), every scale.
+    assert len(seen) == len(layers) and {x.shape[2] for x, _ in seen.values()} == {96, 48, 24}
 
 
 @pytest.mark.parametrize("weighting", ["bilinear", "flat"])

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from dn_cli.dense_norm import DensePass
 from dn_cli.errors import ModelError
 from dn_cli.models import load_generator
 from dn_cli.models.dn_generator import DnResearchGenerator
@@ -84,7 +85,7 @@ def test_family_loads_with_detected_parameters_and_identical_output(tmp_path, fa
 def test_dn_on_a_one_tile_grid_equals_each_family(tmp_path, family, make, expected, size):
     net = randomised(make())
     runner = TileRunner(load_generator_from(net, tmp_path), torch.device("cpu"))
-    runner.context.tile_size, runner.context.margin = size, 0
+    runner.geometry = DensePass(tile_size=size, margin=0)
     tile = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     ring = MomentRing(runner.layout, 1, 1, 1, torch.device("cpu"))
     ring.write([0], runner.collect(tile), oldest_needed_row=-1)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dn_cli import pipeline
+from dn_cli.dense_norm import DensePass, WholeForwardCollecting
 from dn_cli.errors import GeometryError
 from dn_cli.geometry import TileGrid
 from dn_cli.images import ArrayImage, Canvas, read_padded
@@ -138,9 +139,7 @@ def test_neighbouring_tiles_agree_exactly_where_they_overlap_only_with_dn(demo_g
     # same context; DN's normalisation is one field over the slide, so they must agree exactly.
     runner = TileRunner(demo_generator, CPU)
     grid = TileGrid(512, 512, tile_size=128, margin=64)
-    context = runner.context
-    context.tile_size, context.margin = 128, 64
-    context.weighting = "flat" if policy == "kin" else "bilinear"
+    runner.geometry = DensePass(tile_size=128, margin=64, weighting="flat" if policy == "kin" else "bilinear")
     tiles = np.stack([read_padded(ArrayImage(tissue), grid.padded_box(*grid.position(i))) for i in range(len(grid))])
     ring = MomentRing(runner.layout, grid.rows, grid.cols, slots=grid.rows, device=CPU)
     ring.write(range(len(grid)), runner.collect(tiles), oldest_needed_row=-1)
@@ -398,11 +397,38 @@ def test_collecting_stops_after_the_last_norm_layer_with_the_same_moments(tissue
     hook = last_conv.register_forward_hook(lambda *_: calls.append(1))
     early = runner.collect(tiles)
     assert calls == []  # the output convolution, after the last norm layer, never ran
-    runner.context.layers = 0  # never stop: the whole forward
+    runner.collecting = WholeForwardCollecting(runner.module, runner.layers)
     whole = runner.collect(tiles)
     hook.remove()
     assert calls == [1]
     torch.testing.assert_close(early, whole, rtol=0, atol=0)
+
+
+class Stateful(nn.Module):
+    """A user's generator with Python state in its forward (a call counter): tracing it would
+    change the counter, so it is never traced."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def test_a_users_own_model_is_collected_by_whole_forwards_with_the_same_result(tissue):
+    from dn_cli.models import Generator
+
+    cut = TileRunner(make_generator(), CPU)
+    whole = TileRunner(Generator(Stateful(make_generator().module), "x", {}, 4), CPU)
+    assert isinstance(whole.collecting, WholeForwardCollecting) and not isinstance(
+        cut.collecting, type(whole.collecting)
+    )
+    image = np.ascontiguousarray(tissue[:200, :260])
+    options = {"policy": "dn", "tile_size": 64, "margin": 16, "batch_size": 3}
+    np.testing.assert_array_equal(run(image, whole, **options), run(image, cut, **options))
+    assert whole.module.calls == 2 * 7  # each forward ran the user's own code: 7 batches collected, 7 applied
 
 
 @pytest.mark.parametrize("tile_size", [512, 384])  # larger than the image, and exactly its longer side
