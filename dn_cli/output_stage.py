@@ -56,7 +56,7 @@ class OutputStage:
     batch's result, skipped ones as glass that meets the translation around them.
 
     Args:
-        background: the image's glass colour (``pipeline.glass_colour``).
+        background: the image's glass colour (``policies.glass_colour``).
         skipping: whether any tile is skipped (otherwise rows are written as they complete).
         progress: called with (tiles written, tiles total) as rows are written.
     """

@@ -10,7 +10,6 @@ import copy
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Literal
 
 import numpy as np
 import torch
@@ -24,12 +23,9 @@ from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
 from dn_cli.output_stage import OutputStage
+from dn_cli.policies import FLAT_STD, POLICIES, Policy, collects, glass_colour, is_flat, uses_thumbnail, weighting
 from dn_cli.prefetch import TileReader
 from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
-from dn_cli.tissue import THRESHOLD_RANGE, saturation
-
-Policy = Literal["dn", "in", "kin", "tin"]
-POLICIES: tuple[Policy, ...] = ("dn", "in", "kin", "tin")
 
 
 class TileRunner:
@@ -193,46 +189,6 @@ def fit_to_stride(image: np.ndarray, stride: int, min_size: int = 1) -> np.ndarr
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-FLAT_STD = 3.0  # grey levels: scanner noise on glass; tissue and textured scenes are far above
-
-
-def is_flat(padded_tile: np.ndarray, margin: int, tile_size: int) -> bool:
-    """Whether a tile's own pixels are near-constant (glass, sky, a flat background).
-
-    Such a tile's variance is noise, its inverse std huge: blended into its neighbours' it would
-    cast halos on them. Its moments are replaced by the whole image's (a thumbnail's), which
-    blend like any tile's: the field stays one continuous function over the image.
-    """
-    own = padded_tile[margin : margin + tile_size : 4, margin : margin + tile_size : 4]  # a 1/16 sample suffices
-    return float(own.std(axis=(0, 1)).max()) < FLAT_STD
-
-
-def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active: np.ndarray) -> np.ndarray:
-    """The model's rendering of empty glass, to fill skipped tiles with.
-
-    Taken where translated tiles show glass: the median output colour of the glass pixels
-    (unsaturated, bright) in an active tile that borders a skipped one, so filled tiles match the
-    glass around the tissue. A skipped tile's own translation is the fallback: under
-    InstanceNorm a tile of pure glass is amplified noise and comes out darker.
-    """
-    skipped = ~active
-    beside = np.zeros_like(active)
-    beside[1:] |= skipped[:-1]
-    beside[:-1] |= skipped[1:]
-    beside[:, 1:] |= skipped[:, :-1]
-    beside[:, :-1] |= skipped[:, 1:]
-    m, t = grid.margin, grid.tile_size
-    for index in np.flatnonzero(active & beside)[:4]:
-        tile = read_padded(source, grid.padded_box(*grid.position(int(index))))
-        out = runner.apply(tile[None], None, m, t)[0]
-        centre = tile[m : m + t, m : m + t]
-        glass = (saturation(centre) < THRESHOLD_RANGE[1]) & (centre.min(axis=2) > 180)  # unstained and bright
-        if glass.mean() > 0.05:
-            return np.median(out[glass], axis=0).astype(np.uint8)
-    tile = read_padded(source, grid.padded_box(*grid.position(int(np.flatnonzero(skipped)[0]))))
-    return np.median(runner.apply(tile[None], None, m, t).reshape(-1, 3), axis=0).astype(np.uint8)
-
-
 @contextmanager
 def naming_tiles(grid: TileGrid, tiles: list[int]):
     """A model's failure on a batch says where in the image that batch lies."""
@@ -272,6 +228,7 @@ def translate(
     progress: Callable[[int, int], None] | None = None,
     active: np.ndarray | None = None,
     two_pass_oracle: bool = False,
+    flat_std: float = FLAT_STD,
 ) -> TileGrid:
     """Translate ``source`` into ``sink`` tile by tile with the given normalisation policy.
 
@@ -285,6 +242,8 @@ def translate(
             beside them (``OutputStage``), and masked out of their neighbours' DN moments.
         two_pass_oracle: collect every tile before applying any (the reference the single pass
             must match; memory grows with the grid area).
+        flat_std: tiles whose own pixels vary less than this carry the image's moments
+            (``policies.is_flat``; 0: none do, as in the paper).
     """
     try:
         if policy not in POLICIES:
@@ -297,16 +256,13 @@ def translate(
             translate_whole(source, sink, runner, progress)
             return grid
         tile_size = grid.tile_size
-        runner.geometry = DensePass(
-            tile_size=tile_size, margin=margin, weighting="flat" if policy == "kin" else "bilinear"
-        )
+        runner.geometry = DensePass(tile_size=tile_size, margin=margin, weighting=weighting(policy))
 
         moments: MomentRing | ThumbnailMoments | None = None
-        if policy == "in" or runner.layout.total == 0:
+        if not collects(policy) or runner.layout.total == 0:
             steps = apply_only(grid.rows, grid.cols, batch_size)
-        elif policy == "tin":
-            steps = apply_only(grid.rows, grid.cols, batch_size)
-            moments = ThumbnailMoments(runner.layout, runner.image_moments(source, grid.padded_size))
+            if uses_thumbnail(policy) and runner.layout.total:
+                moments = ThumbnailMoments(runner.layout, runner.image_moments(source, grid.padded_size))
         else:
             steps = (two_pass if two_pass_oracle else single_pass)(grid.rows, grid.cols, batch_size)
             slots = rows_in_flight(steps, grid.cols)
@@ -332,7 +288,7 @@ def translate(
 
         def stage(tiles: list[np.ndarray]) -> tuple[torch.Tensor, np.ndarray | None]:  # on the staging thread
             # Flatness matters only to collected moments: in and tin never ask.
-            flat = np.array([is_flat(t, margin, tile_size) for t in tiles]) if collecting else None
+            flat = np.array([is_flat(t, margin, tile_size, flat_std) for t in tiles]) if collecting else None
             return runner.stage(tiles), flat
 
         if progress is not None:

@@ -24,7 +24,8 @@ from seam_scores import tissue_image, translated  # noqa: E402
 
 from dn_cli.metrics import seam_score  # noqa: E402
 from dn_cli.models import DEMO_MODEL, load_generator  # noqa: E402
-from dn_cli.pipeline import POLICIES, TileRunner  # noqa: E402
+from dn_cli.pipeline import TileRunner  # noqa: E402
+from dn_cli.policies import POLICIES  # noqa: E402
 
 TILE = 256
 CORNER = (512, 512)  # a tile corner (x, y) of the 4 × 4 grid

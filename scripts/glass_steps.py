@@ -7,7 +7,7 @@ tiles, tissue detection on, every policy): at every edge between a translated ti
 one, the mean colour of the glass pixels (bright, unstained) in the translated tile's 16-pixel
 strip along the edge against the fill's strip beside it, as the largest grey-level difference of
 the three channels. Measured for the fill dn writes (glass that meets the translation around it)
-and, from the same run, for one flat colour (``pipeline.glass_colour``, what dn wrote before).
+and, from the same run, for one flat colour (``policies.glass_colour``, what dn wrote before).
 The figure: the worst edge under the flat fill, flat | matched, contrast stretched alike.
 """
 
@@ -25,7 +25,8 @@ import torch
 from dn_cli.geometry import Box, fit_grid
 from dn_cli.images import Canvas
 from dn_cli.models import DEMO_MODEL, load_generator
-from dn_cli.pipeline import TileRunner, glass_colour, translate
+from dn_cli.pipeline import TileRunner, translate
+from dn_cli.policies import glass_colour
 from dn_cli.sources import open_source
 from dn_cli.tissue import THRESHOLD_RANGE, saturation, select_tiles
 

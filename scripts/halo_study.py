@@ -9,7 +9,7 @@ dominate the border of its textured neighbour. Measured, inside the tissue tiles
 maximum |DN − IN| (grey levels) in a 32-pixel band along the glass borders, against the same in
 the tissue's interior (away from any glass): for DN as the paper defines it (every tile shares
 its moments), for DN as dn runs it (near-constant tiles carry the whole image's moments instead
-of their own, see ``pipeline.is_flat``), and for DN with the glass tiles skipped (what tissue
+of their own, see ``policies.is_flat``), and for DN with the glass tiles skipped (what tissue
 detection does). And on the glass, away from the tissue and the image border: the mean
 |DN − untiled| (the same model run on the whole image at once: what glass looks like without
 tiles) and the standard deviation of the output shade (0 = one uniform shade).
@@ -21,11 +21,11 @@ import numpy as np
 import skimage.data
 import torch
 
-from dn_cli import pipeline
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.metrics import seam_score
 from dn_cli.models import DEMO_MODEL, load_generator
 from dn_cli.pipeline import TileRunner, translate
+from dn_cli.policies import FLAT_STD
 
 TILE, BAND = 256, 32
 
@@ -64,14 +64,11 @@ def main() -> None:
     )
     variants = (
         ("dn, every tile shares its own", 0.0, {}),
-        ("dn, flat tiles carry the image's", pipeline.FLAT_STD, {}),
-        ("dn, glass tiles skipped", pipeline.FLAT_STD, {"active": active}),
+        ("dn, flat tiles carry the image's", FLAT_STD, {}),
+        ("dn, glass tiles skipped", FLAT_STD, {"active": active}),
     )
-    flat_std = pipeline.FLAT_STD
     for name, threshold, options in variants:
-        pipeline.FLAT_STD = threshold
-        out = run(image, runner, policy="dn", **options)
-        pipeline.FLAT_STD = flat_std
+        out = run(image, runner, policy="dn", flat_std=threshold, **options)
         deviation = np.abs(out - reference).max(axis=2)
         seam = seam_score(out[256:768, 256:768].astype(np.uint8), TILE)
         from_untiled, shade_std = np.abs(out - untiled).max(axis=2)[glass].mean(), out.mean(axis=2)[glass].std()

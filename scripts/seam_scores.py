@@ -21,7 +21,8 @@ import torch
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.metrics import seam_score
 from dn_cli.models import load_generator
-from dn_cli.pipeline import POLICIES, TileRunner, translate
+from dn_cli.pipeline import TileRunner, translate
+from dn_cli.policies import POLICIES
 
 
 def tissue_image(scale: float) -> np.ndarray:

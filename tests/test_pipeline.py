@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from dn_cli import pipeline
 from dn_cli.dense_norm import DensePass, WholeForwardCollecting
 from dn_cli.errors import GeometryError
 from dn_cli.geometry import TileGrid
@@ -187,7 +186,7 @@ def test_seam_score_sees_a_tile_grid_and_not_smooth_content():
     assert seam_score(smooth + offsets, 64) > 1.5
 
 
-def test_flat_tiles_carry_the_image_moments_no_halos_and_uniform_glass(demo_generator, tissue, monkeypatch):
+def test_flat_tiles_carry_the_image_moments_no_halos_and_uniform_glass(demo_generator, tissue):
     # Tissue in the middle 2 × 2 tiles of a 4 × 4 grid, noisy glass around it. A glass tile's
     # inverse std is huge: shared as it is, it swamps the border of its tissue neighbours (a
     # halo) and renders its own glass as amplified noise. Carrying the image's moments instead,
@@ -204,15 +203,14 @@ def test_flat_tiles_carry_the_image_moments_no_halos_and_uniform_glass(demo_gene
     glass[16:-16, 16:-16] = True
     glass[96:416, 96:416] = False  # glass away from the tissue and the image border
 
-    def measure() -> tuple[float, float, float]:
-        out = run(image, runner, policy="dn", tile_size=128).astype(int)
+    def measure(**options) -> tuple[float, float, float]:
+        out = run(image, runner, policy="dn", tile_size=128, **options).astype(int)
         shade = out.mean(axis=2)
         corners = [shade[r : r + 64, c : c + 64].mean() for r in (16, 432) for c in (16, 432)]
         return np.abs(out - reference).max(axis=2)[band].mean(), shade[glass].std(), np.ptp(corners)
 
     halo, glass_std, corner_spread = measure()
-    monkeypatch.setattr(pipeline, "FLAT_STD", 0.0)  # every tile shares its own moments, as in the paper
-    paper_halo, paper_glass_std, paper_corner_spread = measure()
+    paper_halo, paper_glass_std, paper_corner_spread = measure(flat_std=0.0)  # every tile its own, as in the paper
     assert halo < 0.7 * paper_halo and glass_std < 0.6 * paper_glass_std
     assert corner_spread < 0.2 < paper_corner_spread  # glass far from tissue: one shade
 

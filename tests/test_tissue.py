@@ -14,7 +14,8 @@ from dn_cli.geometry import Box, TileGrid
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.models import Generator
 from dn_cli.output_stage import OutputStage
-from dn_cli.pipeline import TileRunner, glass_colour, translate
+from dn_cli.pipeline import TileRunner, translate
+from dn_cli.policies import glass_colour
 from dn_cli.sources import open_source
 from dn_cli.tissue import otsu_threshold, select_tiles, tissue_mask
 

@@ -28,7 +28,8 @@ from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
 from dn_cli.image_io import OUTPUT_SUFFIXES, PICTURE_SUFFIXES, TIFF_COMPRESSIONS, check_output
 from dn_cli.models import load_generator
 from dn_cli.outputs import is_busy, shortened, too_long
-from dn_cli.pipeline import POLICIES, TileRunner
+from dn_cli.pipeline import TileRunner
+from dn_cli.policies import POLICIES
 from dn_cli.provenance import file_sha256
 
 

@@ -1,0 +1,77 @@
+"""The normalisation policies and their rules: which moments each uses, which tiles carry the
+whole image's moments instead of their own, and what skipped tiles are filled with.
+
+``pipeline.translate`` runs the loop; what a policy decides lives here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from dn_cli.dense_norm import Weighting
+from dn_cli.geometry import TileGrid
+from dn_cli.images import ImageSource, read_padded
+from dn_cli.tissue import THRESHOLD_RANGE, saturation
+
+if TYPE_CHECKING:
+    from dn_cli.pipeline import TileRunner
+
+Policy = Literal["dn", "in", "kin", "tin"]
+POLICIES: tuple[Policy, ...] = ("dn", "in", "kin", "tin")
+
+
+def collects(policy: Policy) -> bool:
+    """Whether every tile's moments are collected ahead of applying (DN's dense field, KIN's 3 × 3
+    mean); ``in`` uses each tile's own, ``tin`` one thumbnail's."""
+    return policy in ("dn", "kin")
+
+
+def uses_thumbnail(policy: Policy) -> bool:
+    return policy == "tin"
+
+
+def weighting(policy: Policy) -> Weighting:
+    """How neighbours' moments are blended: bilinear (DN) or flat (KIN)."""
+    return "flat" if policy == "kin" else "bilinear"
+
+
+FLAT_STD = 3.0  # grey levels: scanner noise on glass; tissue and textured scenes are far above
+
+
+def is_flat(padded_tile: np.ndarray, margin: int, tile_size: int, threshold: float = FLAT_STD) -> bool:
+    """Whether a tile's own pixels are near-constant (glass, sky, a flat background).
+
+    Such a tile's variance is noise, its inverse std huge: blended into its neighbours' it would
+    cast halos on them. Its moments are replaced by the whole image's (a thumbnail's), which
+    blend like any tile's: the field stays one continuous function over the image.
+    """
+    own = padded_tile[margin : margin + tile_size : 4, margin : margin + tile_size : 4]  # a 1/16 sample suffices
+    return float(own.std(axis=(0, 1)).max()) < threshold
+
+
+def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active: np.ndarray) -> np.ndarray:
+    """The model's rendering of empty glass, to fill skipped tiles with.
+
+    Taken where translated tiles show glass: the median output colour of the glass pixels
+    (unsaturated, bright) in an active tile that borders a skipped one, so filled tiles match the
+    glass around the tissue. A skipped tile's own translation is the fallback: under
+    InstanceNorm a tile of pure glass is amplified noise and comes out darker.
+    """
+    skipped = ~active
+    beside = np.zeros_like(active)
+    beside[1:] |= skipped[:-1]
+    beside[:-1] |= skipped[1:]
+    beside[:, 1:] |= skipped[:, :-1]
+    beside[:, :-1] |= skipped[:, 1:]
+    m, t = grid.margin, grid.tile_size
+    for index in np.flatnonzero(active & beside)[:4]:
+        tile = read_padded(source, grid.padded_box(*grid.position(int(index))))
+        out = runner.apply(tile[None], None, m, t)[0]
+        centre = tile[m : m + t, m : m + t]
+        glass = (saturation(centre) < THRESHOLD_RANGE[1]) & (centre.min(axis=2) > 180)  # unstained and bright
+        if glass.mean() > 0.05:
+            return np.median(out[glass], axis=0).astype(np.uint8)
+    tile = read_padded(source, grid.padded_box(*grid.position(int(np.flatnonzero(skipped)[0]))))
+    return np.median(runner.apply(tile[None], None, m, t).reshape(-1, 3), axis=0).astype(np.uint8)
