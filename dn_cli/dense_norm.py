@@ -11,7 +11,6 @@ that returns every layer's moments (:func:`collecting_model`).
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,10 +53,11 @@ class DensePass:
         margin: m in level pixels.
         weighting: ``bilinear`` for DN, ``flat`` (mean of the valid neighbours) for KIN.
         neighbourhood: the moments around each batch item (``apply``).
-        inside: for each batch item the part of its padded tile that lies in the image, as
-            fractions of the side (top, bottom, left, right); a tile with a part outside
-            (mirrored image) is normalised with, and yields, the moments of that part (``collect``).
-            None: all are whole.
+        inside: ``(B, 4)`` integers, for each batch item the part of its padded tile that lies in
+            the image, in pixels of that tile (top, bottom, left, right): a tile with a part
+            outside (mirrored image) is normalised with, and yields, the moments of the feature
+            pixels centred in that part (``collect``). A tensor, not numbers, so that a compiled
+            model does not specialise on every edge. None: all are whole.
     """
 
     kind: Literal["plain", "collect", "apply"] = "plain"
@@ -65,7 +65,7 @@ class DensePass:
     margin: int = 16
     weighting: Weighting = "bilinear"
     neighbourhood: Neighbourhood | None = None
-    inside: tuple[tuple[float, float, float, float], ...] | None = None
+    inside: torch.Tensor | None = None
 
     def slice(self, items: slice) -> DensePass:
         """The pass of some batch items only."""
@@ -223,23 +223,29 @@ class DenseNorm2d(nn.Module):
         return y, mean, inv_std
 
     def _in_image_part(
-        self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, inside: tuple
+        self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, inside: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tiles that reach past the image normalised with, and yielding, the moments of the
-        feature pixels whose centres lie in the image (mirrored content would bias them). One tile
-        at a time: a tile's moments never depend on the batch it came in."""
-        y, mean, inv_std = y.clone(), mean.clone(), inv_std.clone()
+        feature pixels whose centres lie in the image (mirrored content would bias them); whole
+        tiles keep their plain result. Each tile on its own: its moments never depend on the
+        batch it came in."""
+        side = self.scope.current.tile_size + 2 * self.scope.current.margin
         h, w = x.shape[2:]
-        for i, (top, bottom, left, right) in enumerate(inside):
-            if (top, bottom, left, right) == (0, 1, 0, 1):
-                continue
-            rows, cols = _span(top, bottom, h), _span(left, right, w)
-            var, mean[i] = torch.var_mean(x[i, :, rows, cols], dim=(1, 2), correction=0)
-            inv_std[i] = torch.rsqrt(var + self.eps)
-            y[i] = (x[i] - mean[i][:, None, None]) * inv_std[i][:, None, None]
-            if self.weight is not None:
-                y[i] = y[i] * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
-        return y, mean, inv_std
+        rows, cols = _centred_in(inside[:, 0:2], h, side), _centred_in(inside[:, 2:4], w, side)
+        mask = (rows[:, :, None] & cols[:, None, :])[:, None].to(x.dtype)  # (B, 1, h, w)
+        count = mask.sum(dim=(2, 3))
+        part_mean = (x * mask).sum(dim=(2, 3)) / count
+        part_var = ((x - part_mean[..., None, None]).square() * mask).sum(dim=(2, 3)) / count
+        part_inv_std = torch.rsqrt(part_var + self.eps)
+        part = (x - part_mean[..., None, None]) * part_inv_std[..., None, None]
+        if self.weight is not None:
+            part = part * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
+        whole = ((inside[:, 0] == 0) & (inside[:, 1] == side) & (inside[:, 2] == 0) & (inside[:, 3] == side))[:, None]
+        return (
+            torch.where(whole[..., None, None], y, part),
+            torch.where(whole, mean, part_mean),
+            torch.where(whole, inv_std, part_inv_std),
+        )
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
         p = self.scope.current
@@ -265,14 +271,17 @@ class DenseNorm2d(nn.Module):
         return self._weights_cache[key]
 
 
-def _span(start: float, stop: float, n: int) -> slice:
-    """The feature pixels of an axis of ``n`` whose centres lie in ``[start, stop)`` (fractions of
-    the side); at least the one nearest the part's middle, as a sliver may hold no centre."""
-    first, end = math.ceil(start * n - 0.5), math.ceil(stop * n - 0.5)
-    if end <= first:
-        first = min(n - 1, int((start + stop) / 2 * n))
-        end = first + 1
-    return slice(first, end)
+def _centred_in(bounds: torch.Tensor, n: int, side: int) -> torch.Tensor:
+    """``(B, n)``: which of the ``n`` feature pixels along an axis of a ``side``-pixel padded tile
+    have their centres, at ``(k + ½)·side/n``, in ``[start, stop)`` (``bounds`` ``(B, 2)`` integer
+    pixels; integer arithmetic, exact); at least the one nearest the part's middle, as a sliver
+    may hold no centre."""
+    k = torch.arange(n, device=bounds.device)
+    start, stop = bounds[:, 0:1], bounds[:, 1:2]
+    centres = (2 * k + 1) * side  # 2n × each centre, in pixels
+    inside = (centres >= 2 * n * start) & (centres < 2 * n * stop)
+    middle = ((start + stop) * n // (2 * side)).clamp(max=n - 1)
+    return inside | (~inside.any(dim=1, keepdim=True) & (k == middle))
 
 
 def convert_instance_norm(module: nn.Module, scope: PassScope) -> tuple[nn.Module, list[DenseNorm2d]]:

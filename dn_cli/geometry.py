@@ -63,13 +63,13 @@ class TileGrid:
         t, m = self.tile_size, self.margin
         return Box(col * t - m, row * t - m, t + 2 * m, t + 2 * m)
 
-    def inside(self, row: int, col: int) -> tuple[float, float, float, float]:
-        """The part of a tile's padded box that lies in the image, as fractions of its side:
-        (top, bottom, left, right); (0, 1, 0, 1) for a tile whose context is all image."""
+    def inside(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """The part of a tile's padded box that lies in the image, in pixels of that box:
+        (top, bottom, left, right); ``(0, side, 0, side)`` for a tile whose context is all image."""
         box, side = self.padded_box(row, col), self.padded_size
         top, left = max(0, -box.y), max(0, -box.x)
         bottom, right = min(side, self.height - box.y), min(side, self.width - box.x)
-        return top / side, bottom / side, left / side, right / side
+        return top, bottom, left, right
 
     def output_box(self, row: int, col: int) -> Box:
         """The tile's own pixels, cropped to the image."""

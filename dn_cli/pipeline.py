@@ -103,15 +103,17 @@ class TileRunner:
             start = part.stop
         return results[0] if len(results) == 1 else torch.cat(results)
 
-    def collect(self, tiles: np.ndarray, inside: list[tuple[float, float, float, float]] | None = None) -> torch.Tensor:
+    def collect(self, tiles: np.ndarray, inside: list[tuple[int, int, int, int]] | None = None) -> torch.Tensor:
         """Per-tile moments of every norm layer, ``(B, 2, C_total)``, under patch-wise IN.
 
         Args:
             inside: the in-image part of each tile (``TileGrid.inside``): tiles that reach past
                 the image's edge take the moments of that part only.
         """
-        whole = inside is None or all(part == (0, 1, 0, 1) for part in inside)
-        return self._run(tiles, replace(self.geometry, kind="collect", inside=None if whole else tuple(inside)))
+        side = self.geometry.tile_size + 2 * self.geometry.margin
+        whole = inside is None or all(part == (0, side, 0, side) for part in inside)
+        bounds = None if whole else torch.tensor(inside, dtype=torch.int64).to(self.device, non_blocking=True)
+        return self._run(tiles, replace(self.geometry, kind="collect", inside=bounds))
 
     def forward(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None) -> torch.Tensor:
         """The model's output in [-1, 1] for whole padded tiles.
