@@ -14,7 +14,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from dn_cli.compiled import keep_kernels_on_disk
 from dn_cli.dense_norm import DensePass, Neighbourhood, PassScope, collecting_model, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError, first_line
@@ -48,6 +50,43 @@ class TileRunner:
         self.device, self.dtype = device, dtype
         exact_fp32(device, dtype)
         self.max_batch = 1 << 30  # lowered when a batch turns out too big for the device
+        self.eager: tuple[nn.Module, nn.Module] | None = None  # while compiled: the models to fall back on
+        self.warn: Callable[[str], None] = lambda message: None
+
+    def compile(self, warn: Callable[[str], None], backend: str | Callable = "inductor") -> None:
+        """Run both passes through ``torch.compile``, the apply pass in its fused form. Each is
+        compiled on first use, its batch dimension marked dynamic where the model allows (the last,
+        smaller batch of a slide need not compile again); edges travel as tensors, so no edge
+        compiles again either. A model that fails to compile runs eagerly from then on, after one
+        ``warn``. ``backend``: torch.compile's (inductor generates kernels; the tests also use
+        lighter ones)."""
+        keep_kernels_on_disk()
+        self.eager, self.warn = (self.module, self.collecting), warn
+        for layer in self.layers:
+            layer.fused = True
+        self.module = torch.compile(self.module, backend=backend)
+        self.collecting = torch.compile(self.collecting, backend=backend)
+
+    def _call(self, collecting: bool, x: torch.Tensor):
+        model = self.collecting if collecting else self.module
+        if self.eager is None:
+            return model(x)
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        try:
+            return model(x)
+        except Exception as e:  # torch.compile raises many kinds; a real failure of the model shows eagerly
+            if too_big(e):
+                raise
+            self.module, self.collecting = self.eager
+            self.eager = None
+            for layer in self.layers:
+                layer.fused = False
+            y = (self.collecting if collecting else self.module)(x)  # raises if the model itself fails
+            cause = getattr(e, "inner_exception", None) or e  # the backend's own error, not dynamo's wrapper
+            self.warn(
+                f"{self.name} could not be compiled ({type(cause).__name__}: {first_line(cause)}); it runs eagerly"
+            )
+            return y
 
     def stage(self, tiles: list[np.ndarray] | np.ndarray) -> torch.Tensor:
         """Tiles as the model's input on the host: one uint8 ``(B, h, w, 3)`` tensor, pinned for
@@ -62,7 +101,7 @@ class TileRunner:
         collecting = dense_pass.kind == "collect"
         with torch.inference_mode(), autocast(self.device, self.dtype), self.scope.running(dense_pass):
             try:
-                y = (self.collecting if collecting else self.module)(x)
+                y = self._call(collecting, x)
             except Exception as e:  # the model's own failure, named; memory is _run's to handle
                 if too_big(e):
                     raise

@@ -2,8 +2,10 @@
 # GPU measurement of dn, run on the GPU machine from the checkout's root: bash scripts/gpu_measure.sh
 # Needs the wheels in .gpu/whl (see ../shared/gpu/README.md; add imagecodecs there for TIFF inputs
 # OpenSlide does not open). Appends its output to $LOG.
-# Issue 11's figures: CUDA tests, dn bench (bundled and CycleGAN-size model, batch sweep), and
-# dn translate on a 16384² slide with GPU utilisation. Not yet run: no GPU was lent so far.
+# Issues 11 and 18: CUDA tests, the DN layer's cost per tile eager and compiled (plain vs dense
+# forward, both apply forms), dn bench eager and compiled (bundled and CycleGAN-size model), and
+# dn translate on a 16384² slide with GPU utilisation, --compile off and on. Not yet run: no GPU
+# has been lent since the pipeline was rewritten.
 set -u
 exec > >(tee -a "${LOG:-/tmp/dn-gpu.log}") 2>&1
 export PYTHONUNBUFFERED=1
@@ -31,10 +33,11 @@ torch.save(ResnetGenerator(ngf=64, n_blocks=9).state_dict(), '/tmp/cg64.pth')"
 stamp "CUDA tests"
 timeout 180 python3 -m pytest -q -m cuda -p no:cacheprovider --tb=short tests 2>&1 | grep -E "^E |FAILED|passed|failed|rror" | head -40
 
-stamp "dn bench, 8192² tissue slide (reads, ceiling, writer, null, in, dn)"
-for b in 16 32; do
-  timeout 240 python3 -m dn_cli bench --device cuda --model /tmp/cg64.pth --size 8192 --batch-size $b --repeats 1 2>&1 | grep -v "measuring"
-done
+stamp "DN layer per tile, ResNet-9 ngf 64 fp16, tiles of 512 (+32): plain vs dense forward, eager and compiled"
+timeout 420 python3 scripts/bench_dn_layer.py --ngf 64 --blocks 9 --tile-size 512 --batch-size 16 --device cuda --precision fp16 --steps 8
+
+stamp "dn bench, 8192² tissue slide (reads, ceiling, writer, null, in, dn), eager and compiled"
+timeout 420 python3 -m dn_cli bench --device cuda --model /tmp/cg64.pth --size 8192 --batch-size 16 --repeats 1 --compile on 2>&1 | grep -v "measuring"
 timeout 180 python3 -m dn_cli bench --device cuda --size 8192 --batch-size 16 --repeats 1 2>&1 | grep -v "measuring"
 
 stamp "16384² real-tissue slide"
@@ -55,8 +58,9 @@ run_cli() {  # label, extra arguments...
   local busy=$(awk '!/^#/ && NF>2 {n++; s+=$2} END {if (n) printf "%.0f", s/n}' "/tmp/dmon.$label")
   python3 -c "print(f'  $label: exit $rc, $dt s, {16384**2 / 1e6 / $dt:.1f} Mpx/s, GPU busy ${busy:-?} %')"
 }
-run_cli cyclegan_in --model /tmp/cg64.pth --norm in --batch-size 16
-run_cli cyclegan_dn --model /tmp/cg64.pth --norm dn --batch-size 16
-run_cli bundled_in --norm in --batch-size 16
-run_cli bundled_dn --norm dn --batch-size 16
+run_cli cyclegan_in --model /tmp/cg64.pth --norm in --batch-size 16 --compile off
+run_cli cyclegan_dn --model /tmp/cg64.pth --norm dn --batch-size 16 --compile off
+run_cli cyclegan_dn_compiled --model /tmp/cg64.pth --norm dn --batch-size 16 --compile on
+run_cli cyclegan_dn_compiled_again --model /tmp/cg64.pth --norm dn --batch-size 16 --compile on  # kernels cached
+run_cli bundled_dn --norm dn --batch-size 16 --compile off
 stamp done

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import torch
 
+from dn_cli import compiled
 from dn_cli.benchmark import measure
 from dn_cli.cli.options import Location, debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
@@ -20,6 +21,7 @@ from dn_cli.pipeline import TileRunner
 from dn_cli.sources import open_source
 
 QUICK_SIZE = 1024
+COMPILED_KEYS = ("ceiling_mpx_s", "in_mpx_s", "dn_mpx_s")  # what torch.compile changes
 LABELS = {
     "read": "slide reads alone",
     "ceiling": "model alone (ceiling)",
@@ -36,6 +38,14 @@ LABELS = {
 @model_options
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option(
+    "--compile",
+    "compile_model",
+    type=click.Choice(compiled.CHOICES),
+    default="off",
+    show_default=True,
+    help="Also measure the model through torch.compile (auto: on CUDA), beside the eager figures.",
+)
 @click.option("--batch-size", type=click.IntRange(1, 512), default=4, show_default=True)
 @click.option("--tile-size", type=click.IntRange(8, MAX_TILE), default=512, show_default=True)
 @click.option(
@@ -62,6 +72,7 @@ def bench(
     trust_code: bool,
     device: str,
     precision: str,
+    compile_model: str,
     batch_size: int,
     tile_size: int,
     size: int,
@@ -84,15 +95,14 @@ def bench(
             slide, described = Path(tmp) / "tissue.tif", f"{size}² made of the bundled sample slide"
             write_test_slide(slide, Path(str(importlib.resources.files("dn_cli.examples") / "sample_ihc.tif")), size)
         with open_source(slide) as source:
-            report = measure(
-                source,
-                runner,
-                tile_size=tile_size,
-                margin=margin,
-                batch_size=batch_size,
-                repeats=repeats,
-                progress=None if as_json else lambda stage: click.echo(f"  measuring {stage}…", err=True),
-            )
+            options = {"tile_size": tile_size, "margin": margin, "batch_size": batch_size, "repeats": repeats}
+            say = None if as_json else lambda stage: click.echo(f"  measuring {stage}…", err=True)
+            report = measure(source, runner, **options, progress=say)
+            if compiled.wanted(compile_model, torch_device):
+                fast = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
+                fast.compile(lambda message: click.echo(f"dn: warning: {message}", err=True))
+                again = measure(source, fast, **options, progress=say and (lambda stage: say(f"{stage}, compiled")))
+                report["compiled"] = {key: again[key] for key in COMPILED_KEYS} | {"compiled": fast.eager is not None}
     report |= {"device": device_name(torch_device), "model": generator.name, "slide": described}
     if as_json:
         click.echo(json.dumps(report))
@@ -101,6 +111,8 @@ def bench(
     for key, label in LABELS.items():
         low, high = report["spread"][f"{key}_mpx_s"]
         click.echo(f"  {label:30s} {report[f'{key}_mpx_s']:9.2f} Mpx/s  ({low:.2f}–{high:.2f})")
+    for key in COMPILED_KEYS if "compiled" in report else ():
+        click.echo(f"  {LABELS[key.removesuffix('_mpx_s')] + ', compiled':30s} {report['compiled'][key]:9.2f} Mpx/s")
     click.echo(f"bottleneck: {report['bottleneck']}")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from dn_cli import compiled
 from dn_cli.batch import (
     DEFAULT_PATTERNS,
     Job,
@@ -127,6 +128,14 @@ class PixelSize(click.ParamType):
     help="Model precision on the device (statistics stay float32); auto is fp16 on CUDA.",
 )
 @click.option(
+    "--compile",
+    "compile_model",
+    type=click.Choice(compiled.CHOICES),
+    default="auto",
+    show_default=True,
+    help="Run the model through torch.compile (auto: on CUDA); a model that cannot compile runs eagerly.",
+)
+@click.option(
     "--tissue/--no-tissue",
     default=None,
     help="Detect tissue and skip glass tiles [default: on for whole-slide images, off for ordinary images].",
@@ -209,6 +218,7 @@ def translate(
     batch_size: int,
     device: str,
     precision: str,
+    compile_model: str,
     tissue: bool | None,
     min_tissue: float,
     tissue_mask: Path | None,
@@ -300,6 +310,10 @@ def translate(
     margin = default_margin(tile_size, generator.stride) if margin is None else margin
     check_geometry(tile_size, margin, generator.stride)  # once, before any slide
     runner = TileRunner(generator, torch_device, dtype)
+    if compiled.wanted(compile_model, torch_device):
+        runner.compile(lambda message: click.echo(f"dn: warning: {message}", err=True))
+        if compile_model == "auto" and not quiet:
+            click.echo("dn: compiling the model on first use (--compile off runs it as it is)", err=True)
     settings = Settings(
         model_path=model_path,
         model_sha256=file_sha256(model_path),

@@ -1,0 +1,115 @@
+"""``--compile``: the converted generator through torch.compile gives the eager output, compiles
+a bounded number of graphs whatever the slide's edges, and falls back to eager when it cannot.
+
+Inductor (kernels generated and built) takes minutes per model on 2 cores, so one test uses it;
+the family × policy matrix uses torch.compile's ``eager`` backend: the graphs are captured,
+guarded and run through the fused apply form exactly as compiled, only not code-generated.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+from dn_cli.images import ArrayImage, Canvas
+from dn_cli.models import Generator
+from dn_cli.models.dn_generator import DnResearchGenerator
+from dn_cli.models.resnet import ResnetGenerator
+from dn_cli.models.unet import UnetGenerator
+from dn_cli.pipeline import TileRunner, translate
+
+from .test_models import randomised
+
+CPU = torch.device("cpu")
+FAMILIES = {
+    "cyclegan-resnet": lambda: ResnetGenerator(ngf=4, n_blocks=1),
+    "cut-resnet": lambda: ResnetGenerator(ngf=4, n_blocks=1, antialias_down=True, antialias_up=True),
+    "cyclegan-unet": lambda: UnetGenerator(num_downs=5, ngf=4),
+    "dn-research": lambda: DnResearchGenerator(),
+}
+
+
+def translated(runner: TileRunner, image: np.ndarray, policy: str, tile_size: int = 64) -> np.ndarray:
+    canvas = Canvas(image.shape[1], image.shape[0])
+    translate(ArrayImage(image), canvas, runner, policy=policy, tile_size=tile_size, batch_size=4)
+    return canvas.pixels.astype(int)
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("policy", ["dn", "in"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compiled_equals_eager_for_every_family(tissue, family, policy):
+    net = randomised(FAMILIES[family]())
+    generator = Generator(net, family, {}, 32 if family == "cyclegan-unet" else 4)
+    tile = 128 if family == "cyclegan-unet" else 64  # the U-Net's stride is 32: tiles of 128 + 2 × 32
+    image = np.ascontiguousarray(tissue[:200, :300])
+    eager = translated(TileRunner(generator, CPU), image, policy, tile)
+    runner = TileRunner(generator, CPU)
+    warnings = []
+    runner.compile(warnings.append, backend="eager")
+    compiled = translated(runner, image, policy, tile)
+    assert warnings == [] and runner.eager is not None and graphs() > 0  # it did compile
+    assert np.abs(compiled - eager).max() <= 1
+
+
+def test_inductor_compiles_dn_once_whatever_the_edges(tissue):
+    """Two images with different ragged edges: once the first has shown batches of two sizes, the
+    second adds no graph. The output is the eager one within a grey level (float reassociation)."""
+    generator = Generator(randomised(ResnetGenerator(ngf=4, n_blocks=1)), "cyclegan-resnet", {}, 4)
+    runner, eager = TileRunner(generator, CPU), TileRunner(generator, CPU)
+    runner.compile(pytest.fail)
+    first = np.ascontiguousarray(tissue[:150, :300])  # edges 22 and 44 pixels in; 15 tiles, batches of 4 and 3
+    second = np.ascontiguousarray(tissue[:200, :330])  # edges 8 and 10; 24 tiles
+    assert np.abs(translated(runner, first, "dn") - translated(eager, first, "dn")).max() <= 1
+    compiled_for_the_first = graphs()
+    assert np.abs(translated(runner, second, "dn") - translated(eager, second, "dn")).max() <= 1
+    assert graphs() == compiled_for_the_first and runner.eager is not None
+
+
+class Refuses:
+    """A torch.compile backend that cannot compile anything (as a model with an op a compiler
+    does not support meets)."""
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs):
+        raise NotImplementedError("no kernel for this model here")
+
+
+def test_a_model_that_cannot_compile_runs_eagerly_after_one_warning(tissue):
+    generator = Generator(randomised(ResnetGenerator(ngf=4, n_blocks=1)), "cyclegan-resnet", {}, 4)
+    image = np.ascontiguousarray(tissue[:130, :200])
+    runner = TileRunner(generator, CPU)
+    warnings = []
+    runner.compile(warnings.append, backend=Refuses())
+    out = translated(runner, image, "dn")
+    assert len(warnings) == 1 and "could not be compiled" in warnings[0] and "no kernel" in warnings[0]
+    assert runner.eager is None and not any(getattr(m, "fused", False) for m in runner.module.modules())
+    np.testing.assert_array_equal(out, translated(TileRunner(generator, CPU), image, "dn"))
+
+
+class Fails(nn.Module):
+    def forward(self, x):
+        raise IndexError("index 7 is out of bounds")
+
+
+def test_a_model_failing_on_its_own_is_not_taken_for_a_compiler_failure(tissue):
+    from dn_cli.errors import ModelError
+
+    runner = TileRunner(Generator(nn.Sequential(nn.Conv2d(3, 3, 1), nn.InstanceNorm2d(3)), "x", {}, 1), CPU)
+    runner.module.append(Fails())
+    warnings = []
+    runner.compile(warnings.append, backend="eager")
+    with pytest.raises(ModelError, match="IndexError: index 7"):
+        translated(runner, np.ascontiguousarray(tissue[:100, :100]), "in")
+    assert warnings == []
