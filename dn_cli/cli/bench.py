@@ -12,7 +12,7 @@ import torch
 
 from dn_cli import compiled
 from dn_cli.benchmark import measure
-from dn_cli.cli.options import Location, debug_option, model_options, model_path_option
+from dn_cli.cli.options import Location, compile_option, debug_option, model_options, model_path_option
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
 from dn_cli.image_io import write_test_slide
@@ -38,14 +38,7 @@ LABELS = {
 @model_options
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
-@click.option(
-    "--compile",
-    "compile_model",
-    type=click.Choice(compiled.CHOICES),
-    default="off",
-    show_default=True,
-    help="Also measure the model through torch.compile (auto: on CUDA), beside the eager figures.",
-)
+@compile_option("off", "Also measure the model through torch.compile (auto: on CUDA), beside the eager figures.")
 @click.option("--batch-size", type=click.IntRange(1, 512), default=4, show_default=True)
 @click.option("--tile-size", type=click.IntRange(8, MAX_TILE), default=512, show_default=True)
 @click.option(

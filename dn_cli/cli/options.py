@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from dn_cli import compiled
 from dn_cli.models import DEMO_MODEL, families
 
 
@@ -34,6 +35,13 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 debug_option = click.option(
     "--debug", is_flag=True, expose_value=False, callback=_set_debug, help="Show full tracebacks on errors."
 )
+
+
+def compile_option(default: str, help: str):
+    """``--compile auto|on|off``, passed on as ``compile_model``."""
+    return click.option(
+        "--compile", "compile_model", type=click.Choice(compiled.CHOICES), default=default, show_default=True, help=help
+    )
 
 
 def model_options(command):

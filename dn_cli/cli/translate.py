@@ -21,7 +21,7 @@ from dn_cli.batch import (
     shard,
 )
 from dn_cli.cli.jobs import Settings, emit, files_to_make, run_jobs
-from dn_cli.cli.options import Location, debug_option, model_options, model_path_option
+from dn_cli.cli.options import Location, compile_option, debug_option, model_options, model_path_option
 from dn_cli.cli.streams import is_closed
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.errors import DnError, OutputError, first_line, plural
@@ -127,13 +127,8 @@ class PixelSize(click.ParamType):
     show_default=True,
     help="Model precision on the device (statistics stay float32); auto is fp16 on CUDA.",
 )
-@click.option(
-    "--compile",
-    "compile_model",
-    type=click.Choice(compiled.CHOICES),
-    default="auto",
-    show_default=True,
-    help="Run the model through torch.compile (auto: on CUDA); a model that cannot compile runs eagerly.",
+@compile_option(
+    "auto", "Run the model through torch.compile (auto: on CUDA); a model that cannot compile runs eagerly."
 )
 @click.option(
     "--tissue/--no-tissue",
