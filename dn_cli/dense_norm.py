@@ -188,24 +188,17 @@ class DenseNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, index={self.index}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.collect(x)[0] if self.scope.current.kind != "apply" else self._in_float32(self._dense, x)
+        if self.scope.current.kind != "apply":
+            return self.collect(x)[0]
+        with torch.autocast(device_type=x.device.type, enabled=False):  # float32 even under fp16/bf16
+            return self._dense(x.float()).to(x.dtype)
 
     def collect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(output, mean, inverse std)`` of per-tile InstanceNorm, each tile over its in-image part."""
-        moments = []
-
-        def normalise(x32: torch.Tensor) -> torch.Tensor:
-            y, mean, inv_std = self._plain(x32)
-            moments.extend((mean, inv_std))
-            return y
-
-        return (self._in_float32(normalise, x), *moments)
-
-    @staticmethod
-    def _in_float32(normalise, x: torch.Tensor) -> torch.Tensor:
-        # Moments and normalisation in float32 even under fp16/bf16 autocast.
+        """``(output, mean, inverse std)`` of per-tile InstanceNorm, each tile over its in-image
+        part; moments and normalisation in float32 even under fp16/bf16."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return normalise(x.float()).to(x.dtype)
+            y, mean, inv_std = self._plain(x.float())
+        return y.to(x.dtype), mean, inv_std
 
     def _plain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Instance norm is batch norm over a (1, B*C, h, w) view: one fused kernel that also

@@ -77,16 +77,19 @@ class TileRunner:
         except Exception as e:  # torch.compile raises many kinds; a real failure of the model shows eagerly
             if too_big(e):
                 raise
-            self.module, self.collecting = self.eager
-            self.eager = None
-            for layer in self.layers:
-                layer.fused = False
-            y = (self.collecting if collecting else self.module)(x)  # raises if the model itself fails
+            self._uncompile()
+            y = self._call(collecting, x)  # raises if the model itself fails
             cause = getattr(e, "inner_exception", None) or e  # the backend's own error, not dynamo's wrapper
             self.warn(
                 f"{self.name} could not be compiled ({type(cause).__name__}: {first_line(cause)}); it runs eagerly"
             )
             return y
+
+    def _uncompile(self) -> None:
+        self.module, self.collecting = self.eager
+        self.eager = None
+        for layer in self.layers:
+            layer.fused = False
 
     def stage(self, tiles: list[np.ndarray] | np.ndarray) -> torch.Tensor:
         """Tiles as the model's input on the host: one uint8 ``(B, h, w, 3)`` tensor, pinned for
@@ -95,7 +98,7 @@ class TileRunner:
         return x.pin_memory() if self.device.type == "cuda" else x
 
     def _forward(self, tiles: np.ndarray | torch.Tensor, dense_pass: DensePass) -> torch.Tensor | tuple:
-        """The model's output for one pass, or the collected moments (a tuple) for a collect pass."""
+        """The model's output for one pass, or for a collect pass the packed moments (``MomentLayout``)."""
         x = tiles if isinstance(tiles, torch.Tensor) else self.stage(tiles)
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
         collecting = dense_pass.kind == "collect"
