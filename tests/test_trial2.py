@@ -324,12 +324,17 @@ def test_options_a_picture_ignores_are_named_and_jpeg_takes_the_quality(tmp_path
 # 7. Upsampling bounded ---------------------------------------------------------------------------
 
 
+def half_micron_tiff(path, pixels):
+    """A tiled TIFF (no pyramid) recording 0.5 µm per pixel in its resolution tags."""
+    tifffile.imwrite(
+        path, pixels, tile=(256, 256), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER"
+    )
+    return path
+
+
 @pytest.mark.parametrize("mpp", ["0.001", "1e-300"])
 def test_upsampling_is_bounded_and_names_the_size(tmp_path, checkpoint, tissue, mpp):
-    slide = tmp_path / "s.tif"
-    tifffile.imwrite(
-        slide, tissue, tile=(256, 256), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER"
-    )  # 0.5 µm
+    slide = half_micron_tiff(tmp_path / "s.tif", tissue)
     result = dn("translate", slide, "-o", tmp_path / "o.tif", "--model", checkpoint, "--mpp", mpp, "--allow-upsampling")
     one_error_line(result, "would enlarge s.tif", " pixels: --allow-upsampling goes to 4× at most (--mpp 0.125)")
     result = dn(
@@ -724,10 +729,7 @@ def test_a_pictures_pixel_size_is_its_resolution_inverted(tmp_path, tissue):
 
 @pytest.mark.parametrize("fmt", ["tiff", "ome-tiff"])
 def test_outputs_record_the_pixel_size_in_the_units_readers_expect(tmp_path, checkpoint, tissue, fmt):
-    slide = tmp_path / "s.tif"
-    tifffile.imwrite(
-        slide, tissue, tile=(256, 256), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER"
-    )  # 0.5 µm
+    slide = half_micron_tiff(tmp_path / "s.tif", tissue)
     out = tmp_path / ("o.ome.tif" if fmt == "ome-tiff" else "o.tif")
     result = dn("translate", slide, "-o", out, "--model", checkpoint, "-q", "--norm", "in", "--format", fmt)
     assert result.exit_code == 0, result.output
