@@ -67,6 +67,16 @@ class TileRunner:
         self.module = torch.compile(self.module, backend=backend)
         self.collecting = torch.compile(self.collecting, backend=backend)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the model runs through torch.compile (False again after a fallback to eager)."""
+        return self.eager is not None
+
+    @property
+    def precision(self) -> str:
+        """The forward's precision, named as ``--precision`` names it."""
+        return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+
     def _call(self, collecting: bool, x: torch.Tensor):
         model = self.collecting if collecting else self.module
         if self.eager is None:

@@ -10,7 +10,8 @@ full-size fields (μ and r) and reads them back (``dense_fields``); compiled, it
 form (``fused_dense_norm``), which inductor folds into the normalisation. Both forms are timed
 both ways (the eager layer uses fields, the compiled one the fused form). Each figure is the
 median of ``--repeats`` timed runs of ``--steps`` batches of real tissue tiles, after warm-up,
-plain and dense interleaved.
+plain and dense interleaved. ``--channels-last`` runs the model's weights and activations in
+channels-last memory order (NHWC), which convolution libraries prefer on some devices.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--channels-last", action="store_true", help="weights and input in NHWC memory order")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -91,6 +93,8 @@ def main() -> None:
     else:
         generator, name = load_generator(DEMO_MODEL), "demo model"
     runner = TileRunner(generator, device, PRECISIONS[args.precision])
+    if args.channels_last:
+        runner.module.to(memory_format=torch.channels_last)
     margin = default_margin(args.tile_size, runner.stride)
     runner.geometry = DensePass(tile_size=args.tile_size, margin=margin)
     tiles = tissue_tiles(args.batch_size, args.tile_size + 2 * margin)
@@ -107,6 +111,7 @@ def main() -> None:
 
     results = {"machine": machine(), "model": name, "tile_size": args.tile_size, "batch_size": args.batch_size}
     results["device"], results["precision"] = str(device), args.precision
+    results["channels_last"] = args.channels_last
     base = runner.module
     modes = [("eager", False), ("eager", True)] + ([] if args.no_compile else [("compiled", False), ("compiled", True)])
     for mode, fused in modes:

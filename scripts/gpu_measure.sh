@@ -35,6 +35,7 @@ timeout 180 python3 -m pytest -q -m cuda -p no:cacheprovider --tb=short tests 2>
 
 stamp "DN layer per tile, ResNet-9 ngf 64 fp16, tiles of 512 (+32): plain vs dense forward, eager and compiled"
 timeout 420 python3 scripts/bench_dn_layer.py --ngf 64 --blocks 9 --tile-size 512 --batch-size 16 --device cuda --precision fp16 --steps 8
+timeout 300 python3 scripts/bench_dn_layer.py --ngf 64 --blocks 9 --tile-size 512 --batch-size 16 --device cuda --precision fp16 --steps 8 --channels-last
 
 stamp "dn bench, 8192² tissue slide (reads, ceiling, writer, null, in, dn), eager and compiled"
 timeout 420 python3 -m dn_cli bench --device cuda --model /tmp/cg64.pth --size 8192 --batch-size 16 --repeats 1 --compile on 2>&1 | grep -v "measuring"

@@ -6,12 +6,17 @@ the family × policy matrix uses torch.compile's ``eager`` backend: the graphs a
 guarded and run through the fused apply form exactly as compiled, only not code-generated.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 from torch._dynamo.utils import counters
 
+from dn_cli.cli import cli
+from dn_cli.image_io import save_picture
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.models import Generator
 from dn_cli.models.dn_generator import DnResearchGenerator
@@ -65,7 +70,7 @@ def test_compiled_equals_eager_for_every_family_and_policy(tissue, family, polic
     warnings = []
     runner.compile(warnings.append, backend="eager")
     compiled = translated(runner, image, policy, tile)
-    assert warnings == [] and runner.eager is not None and graphs() > 0  # it did compile
+    assert warnings == [] and runner.compiled and graphs() > 0  # it did compile
     assert np.abs(compiled - eager).max() <= 1
 
 
@@ -80,7 +85,7 @@ def test_inductor_compiles_dn_once_whatever_the_edges(tissue):
     assert np.abs(translated(runner, first, "dn") - translated(eager, first, "dn")).max() <= 1
     compiled_for_the_first = graphs()
     assert np.abs(translated(runner, second, "dn") - translated(eager, second, "dn")).max() <= 1
-    assert graphs() == compiled_for_the_first and runner.eager is not None
+    assert graphs() == compiled_for_the_first and runner.compiled
 
 
 class Refuses:
@@ -99,7 +104,7 @@ def test_a_model_that_cannot_compile_runs_eagerly_after_one_warning(tissue):
     runner.compile(warnings.append, backend=Refuses())
     out = translated(runner, image, "dn")
     assert len(warnings) == 1 and "could not be compiled" in warnings[0] and "no kernel" in warnings[0]
-    assert runner.eager is None and not any(getattr(m, "fused", False) for m in runner.module.modules())
+    assert not runner.compiled and not any(getattr(m, "fused", False) for m in runner.module.modules())
     np.testing.assert_array_equal(out, translated(TileRunner(generator, CPU), image, "dn"))
 
 
@@ -118,3 +123,31 @@ def test_a_model_failing_on_its_own_is_not_taken_for_a_compiler_failure(tissue):
     with pytest.raises(ModelError, match="IndexError: index 7"):
         translated(runner, np.ascontiguousarray(tissue[:100, :100]), "in")
     assert warnings == []
+
+
+@pytest.fixture
+def eager_backend(monkeypatch):
+    """``--compile on`` through the CLI, with torch.compile's ``eager`` backend (no inductor build)."""
+    monkeypatch.setattr(TileRunner.compile, "__defaults__", ("eager",))
+
+
+def test_bench_compile_reports_the_compiled_figures_beside_the_eager_ones(eager_backend):
+    result = CliRunner().invoke(cli, ["bench", "--quick", "--tile-size", "256", "--compile", "on", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["compiled"]["compiled"] is True and graphs() > 0
+    for key in ("ceiling_mpx_s", "in_mpx_s", "dn_mpx_s"):
+        assert report[key] > 0 and report["compiled"][key] > 0
+
+
+def test_the_provenance_record_says_whether_the_model_ran_compiled(tmp_path, tissue, checkpoint, eager_backend):
+    image = tmp_path / "tissue.png"
+    save_picture(np.ascontiguousarray(tissue[:300, :300]), image)
+    for choice in ("on", "off"):
+        out = tmp_path / f"{choice}.tif"
+        result = CliRunner().invoke(
+            cli, ["translate", str(image), "-o", str(out), "--model", str(checkpoint), "--compile", choice, "-q"]
+        )
+        assert result.exit_code == 0, result.output
+        record = json.loads(out.with_name(out.name + ".json").read_text())
+        assert (record["compiled"], record["device"], record["precision"]) == (choice == "on", "cpu", "fp32")

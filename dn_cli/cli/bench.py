@@ -95,7 +95,7 @@ def bench(
                 fast = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
                 fast.compile(lambda message: click.echo(f"dn: warning: {message}", err=True))
                 again = measure(source, fast, **options, progress=say and (lambda stage: say(f"{stage}, compiled")))
-                report["compiled"] = {key: again[key] for key in COMPILED_KEYS} | {"compiled": fast.eager is not None}
+                report["compiled"] = {key: again[key] for key in COMPILED_KEYS} | {"compiled": fast.compiled}
     report |= {"device": device_name(torch_device), "model": generator.name, "slide": described}
     if as_json:
         click.echo(json.dumps(report))

@@ -147,6 +147,9 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                     "margin": s.margin,
                     "mpp": source.mpp,
                     "tissue_tiles": None if active is None else int(active.sum()),
+                    "device": runner.device.type,
+                    "precision": runner.precision,
+                    "compiled": runner.compiled,  # within a grey level of eager, not bit for bit
                 }
                 record = provenance(job.source, s.model_path, s.model_sha256, s.family, settings)
                 translate_into(parts[job.output].path, job.output.name, source, runner, s, record, grid, active, label)
