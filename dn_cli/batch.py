@@ -102,6 +102,24 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def input_bytes(path: Path) -> int:
+    """An input's size on disk (a MIRAX slide with its data folder); 0 if it cannot be read."""
+    try:
+        size = path.stat().st_size
+        if path.suffix.lower() == ".mrxs" and (data := path.with_suffix("")).is_dir():
+            size += sum(f.stat().st_size for f in data.iterdir() if f.is_file())
+        return size
+    except OSError:
+        return 0  # fails on its own when its turn comes
+
+
+def largest_first(jobs: list[Job]) -> list[Job]:
+    """The biggest inputs first (by path among equals), so that when runs or devices share a folder
+    the last slide to finish is a small one, not one that runs alone for hours."""
+    sizes = {job.source: input_bytes(job.source) for job in jobs}
+    return sorted(jobs, key=lambda job: (-sizes[job.source], str(job.source)))
+
+
 def shard(items: list, k: int, n: int) -> list:
     """Every N-th item from the K-th (from 0): shards of a sorted list are disjoint, cover it, and stay balanced."""
     return items[k::n]

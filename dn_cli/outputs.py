@@ -6,6 +6,7 @@ lives. Publishing links the temporary to the final name, which fails if the name
 second run can never silently replace the first one's output), or with ``overwrite`` renames it
 over the old file. A temporary whose lock is free and that predates this run was left by a
 killed run (``kill -9``, a power cut) and is removed; one whose lock is held belongs to a live run.
+Where the file system has no locks, the claim on the slide (``claims``) tells live runs from dead ones.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import glob
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from dn_cli.errors import OutputError
@@ -83,15 +85,8 @@ class Partial:
     def __init__(self, final: Path, suffix: str | None = None) -> None:
         self.final = final
         suffix = final.suffix if suffix is None else suffix
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=_prefix(final), suffix=f".partial{suffix}", dir=final.parent)
-        except (FileExistsError, NotADirectoryError):
-            raise OutputError(
-                f"cannot write {final}: a file stands where its folder {final.parent} should be"
-            ) from None
-        except OSError as e:
-            raise OutputError(f"cannot write in {final.parent}: {os_reason(e)}") from e
+        with writing_beside(final):
+            fd, name = tempfile.mkstemp(prefix=hidden_name(final), suffix=f".partial{suffix}", dir=final.parent)
         self.path = Path(name)
         self._fd: int | None = fd
         try:
@@ -133,6 +128,24 @@ class Partial:
             self._fd = None
 
 
+@contextmanager
+def writing_beside(final: Path):
+    """Make ``final``'s folder; errors making it or creating a file in it become one OutputError
+    (a file that exists already is the caller's to judge)."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"cannot write {final}: a file stands where its folder {final.parent} should be") from None
+    except OSError as e:
+        raise OutputError(f"cannot write in {final.parent}: {os_reason(e)}") from e
+    try:
+        yield
+    except FileExistsError:
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write in {final.parent}: {os_reason(e)}") from e
+
+
 def _link_new(source: Path, target: Path) -> None:
     """``target`` becomes another name of ``source``, atomically, only if it does not exist."""
     try:
@@ -148,7 +161,8 @@ def _link_new(source: Path, target: Path) -> None:
         os.rename(source, target)
 
 
-def _prefix(final: Path) -> str:
+def hidden_name(final: Path) -> str:
+    """``.NAME.``: how the names of dn's own files beside ``final`` begin (temporaries, claims)."""
     name = final.name
     raw = os.fsencode(name)
     # Near the file system's limit (255 bytes), or not UTF-8 (which libvips cannot be given): cut
@@ -162,7 +176,7 @@ def partials_of(final: Path) -> list[Path]:
     """Temporaries of ``final`` that any run, live or dead, left in its folder."""
     if too_long(final) or not final.parent.is_dir():
         return []
-    return sorted(final.parent.glob(f"{glob.escape(_prefix(final))}*.partial*"))
+    return sorted(final.parent.glob(f"{glob.escape(hidden_name(final))}*.partial*"))
 
 
 def _lock(path: Path) -> str:
@@ -179,7 +193,7 @@ def _lock(path: Path) -> str:
     except BlockingIOError:
         return "held"
     except OSError:
-        return "unknown"  # a file system without locks: no run is provably dead, none provably alive
+        return "unknown"  # a file system without locks: the claim on the slide decides
     finally:
         os.close(fd)
 
@@ -190,13 +204,15 @@ def is_busy(final: Path) -> bool:
 
 
 def clear_stale_partials(final: Path, started: float) -> bool:
-    """Remove the temporaries of ``final`` that dead runs left (unlocked, older than ``started``, a
-    time stamp); True if a live run is writing ``final`` now."""
+    """Remove the temporaries of ``final`` that dead runs left (older than ``started``, a time stamp,
+    and not locked); True if a live run is writing ``final`` now (its temporary is locked). For the
+    holder of ``final``'s claim (``claims``) only: on a file system without locks, its claim is what
+    tells that no live run writes these temporaries."""
     busy = False
     for path in partials_of(final):
         state = _lock(path)
         busy |= state == "held"
-        if state != "free":
+        if state == "held":
             continue
         try:
             if path.stat().st_mtime < started:

@@ -14,14 +14,16 @@ from dn_cli.errors import DnError
 
 @pytest.fixture
 def folder(tmp_path, tissue):
-    """Two good slides (tiled pyramidal TIFF at 0.5 µm/px) and one corrupt file in between."""
+    """Two good slides (tiled pyramidal TIFF at 0.5 µm/px) and one corrupt file in between, by name
+    and by size (a batch runs the biggest first)."""
     slides = tmp_path / "slides"
     slides.mkdir()
-    for name, crop in (("a_good.tif", tissue[:256, :256]), ("c_good.tif", tissue[256:, 256:])):
+    for name, crop in (("a_good.tif", tissue[:384, :384]), ("c_good.tif", tissue[256:, 256:])):
         pyvips.Image.new_from_array(np.ascontiguousarray(crop), interpretation="srgb").tiffsave(
             str(slides / name), tile=True, pyramid=True, xres=2000, yres=2000, resunit="cm"
         )
-    (slides / "b_corrupt.svs").write_bytes(b"II*\x00" + b"\x00" * 100)
+    middle = (slides / "a_good.tif").stat().st_size + (slides / "c_good.tif").stat().st_size
+    (slides / "b_corrupt.svs").write_bytes(b"II*\x00" + b"\x00" * (middle // 2))
     return slides
 
 
@@ -58,7 +60,7 @@ def test_json_lines_describe_each_slide(tmp_path, folder, checkpoint):
     result = run(folder, "-o", tmp_path / "out", "--model", checkpoint, "--json")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(r["status"], r["width"], r["mpp"]) for r in records] == [("done", 256, 0.5), ("done", 256, 0.5)]
+    assert [(r["status"], r["width"], r["mpp"]) for r in records] == [("done", 384, 0.5), ("done", 256, 0.5)]
     assert records[0]["output"] == str(tmp_path / "out" / "a_good.tif")
 
 

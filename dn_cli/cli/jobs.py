@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import click
 import numpy as np
 from tqdm import tqdm
 
 from dn_cli.batch import Job
+from dn_cli.claims import Claim, claim
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import TileGrid, fit_grid
 from dn_cli.image_io import image_description, open_sink, save_picture, thumbnail_file
@@ -34,6 +37,33 @@ from dn_cli.tiff_image import TiffImage, is_tiff, other_images
 from dn_cli.tissue import overlay, select_tiles
 
 PREVIEW_SIDE = 800
+
+
+class Progress(Protocol):
+    """Told the tiles done of a slide's total as it is translated; closed at the end."""
+
+    def __call__(self, done: int, total: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+BarFactory = Callable[[str, bool], Progress]  # (label, quiet) → the progress of one slide
+
+
+class TqdmBar:
+    """A slide's progress bar on stderr, made on the first report, when the tile count is known."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label, self.quiet, self.bar = label, quiet, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="tile", desc=self.label, disable=self.quiet, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @dataclass(frozen=True)
@@ -91,22 +121,80 @@ def files_to_make(job: Job, overwrite: bool) -> tuple[list[Path], dict | None]:
     return missing, record
 
 
-def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, overwrite: bool, started: float) -> dict:
-    """Translate ``job.source``, or make what an earlier run left missing; returns what was done, for --json."""
+BEING_TRANSLATED = "another dn run is translating it"
+DONE_ELSEWHERE = "done by another run"
+
+
+class ClaimLost(DnError):
+    """Another run took this run's claim over (this one was stopped too long) and translates the slide."""
+
+
+def translate_one(
+    job: Job,
+    runner: TileRunner,
+    s: Settings,
+    label: str,
+    *,
+    overwrite: bool,
+    started: float,
+    bar: BarFactory = TqdmBar,
+) -> dict:
+    """Translate ``job.source``, or make what an earlier run left missing, unless another run has
+    done or is doing it; returns what was done, for --json. ``started``: when this run began."""
+    if (skipped := nothing_to_make(job, s, overwrite, started)) is not None:
+        return skipped
+    held = claim(job.output)
+    if held is None:
+        return {"status": "skipped", "reason": BEING_TRANSLATED}
+    try:
+        if any([clear_stale_partials(path, started) for path in job.files]):  # every one cleared, hence the list
+            return {"status": "skipped", "reason": BEING_TRANSLATED}  # a live temporary without a claim
+        if (skipped := nothing_to_make(job, s, overwrite, started)) is not None:  # finished before our claim
+            return skipped
+        todo, record = files_to_make(job, overwrite)
+        return make_files(job, todo, record, runner, s, label, overwrite=overwrite, held=held, bar=bar)
+    except ClaimLost:
+        return {"status": "skipped", "reason": f"{DONE_ELSEWHERE} (this one stalled and its claim was taken over)"}
+    finally:
+        held.release()
+
+
+def nothing_to_make(job: Job, s: Settings, overwrite: bool, started: float) -> dict | None:
+    """What a job with nothing left to make was skipped for, or None if there is something to make."""
+    try:
+        if job.output.stat().st_mtime >= started:  # published while this run ran: not this run's
+            return {"status": "skipped", "reason": DONE_ELSEWHERE}
+    except OSError:
+        pass  # not there (yet)
+    todo, _ = files_to_make(job, overwrite)
+    if todo:
+        return None
+    made_with = (recorded_provenance(job) or {}).get("model_sha256")
+    if made_with not in (None, s.model_sha256):  # a rerun with a new model must not pass for done
+        click.echo(
+            f"dn: warning: {job.output} was made with another model (sha256 {made_with[:12]}…, "
+            f"not {s.model_path.name}): kept; --overwrite replaces it",
+            err=True,
+        )
+        return {"status": "skipped", "reason": "exists, made with another model"}
+    return {"status": "skipped", "reason": "exists"}
+
+
+def make_files(
+    job: Job,
+    todo: list[Path],
+    record: dict | None,
+    runner: TileRunner,
+    s: Settings,
+    label: str,
+    *,
+    overwrite: bool,
+    held: Claim,
+    bar: BarFactory,
+) -> dict:
+    """Write ``todo`` (every file of ``job``, or those an earlier run left missing, ``record``
+    being its provenance) as temporaries, then publish them; returns what was done."""
     start = time.perf_counter()
-    if any([clear_stale_partials(path, started) for path in job.files]):  # every one cleared, hence the list
-        return {"status": "skipped", "reason": "another dn run is writing it"}
-    todo, record = files_to_make(job, overwrite)
-    if not todo:
-        made_with = (recorded_provenance(job) or {}).get("model_sha256")
-        if made_with not in (None, s.model_sha256):  # a rerun with a new model must not pass for done
-            click.echo(
-                f"dn: warning: {job.output} was made with another model (sha256 {made_with[:12]}…, "
-                f"not {s.model_path.name}): kept; --overwrite replaces it",
-                err=True,
-            )
-            return {"status": "skipped", "reason": "exists, made with another model"}
-        return {"status": "skipped", "reason": "exists"}
     parts: dict[Path, Partial] = {}
     try:
         for path in todo:  # an unwritable folder fails here, before any work
@@ -114,32 +202,11 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
         with open_source(
             job.source, level=s.level, mpp=s.mpp, mpp_override=s.mpp_override, allow_upsampling=s.allow_upsampling
         ) as source:
-            slide = isinstance(source, (SlideImage, TiffImage))  # TIFFs OpenSlide leaves out are slide exports too
-            recorded = getattr(source, "recorded_mpp", None)
-            if slide and s.mpp_override is None and recorded is not None and plausible_mpp(recorded) is None:
-                click.echo(  # pictures (PNG, JPEG) carry 72 dpi all the time: said for slides only
-                    f"dn: warning: {job.source}: its {recorded:g} µm per pixel is a screen or print default, "
-                    "not a microscope's: taken as unknown (--mpp-override gives the real one)",
-                    err=True,
-                )
-            if not isinstance(source, SlideImage) and is_tiff(job.source) and (more := other_images(job.source)):
-                click.echo(
-                    f"dn: warning: {job.source} holds {plural(more, 'more image')} besides the first, not levels "
-                    "of a pyramid: only the first is translated",
-                    err=True,
-                )
+            slide = warn_about_source(job, source, s)
             grid = fit_grid(source.width, source.height, s.tile_size, s.margin, runner.stride, runner.min_size)
             active = mask = None
-            detect = s.tissue if s.tissue is not None else slide or job.tissue_mask is not None
-            if detect:
-                active, mask, thumbnail = select_tiles(source, grid, min_tissue=s.min_tissue)
-                if not active.any():  # tissue too faint to see: erasing the whole image would be worse
-                    click.echo(f"dn: warning: {job.source}: no tissue found; translating every tile", err=True)
-                    active[:] = True
-                if job.tissue_mask in parts:
-                    save_picture(
-                        overlay(thumbnail, mask, active, grid), parts[job.tissue_mask].path, name=job.tissue_mask.name
-                    )
+            if s.tissue if s.tissue is not None else slide or job.tissue_mask is not None:
+                active, mask = tissue_tiles(job, source, grid, s, parts.get(job.tissue_mask))
             if job.output in parts:
                 settings = {
                     "norm": s.policy,
@@ -152,7 +219,7 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                     "compiled": runner.compiled,  # within a grey level of eager, not bit for bit
                 }
                 record = provenance(job.source, s.model_path, s.model_sha256, s.family, settings)
-                translate_into(parts[job.output].path, job.output.name, source, runner, s, record, grid, active, label)
+                translate_into(parts[job.output], source, runner, s, record, grid, active, bar(label, s.quiet), held)
             if job.sidecar in parts:
                 write_sidecar(parts[job.sidecar].path, record)
             preview_failed = None
@@ -164,6 +231,8 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
                     save_picture(side_by_side(before, after, mask), parts[job.preview].path, name=job.preview.name)
                 except Exception as e:  # a picture must not cost the translation: that is published
                     preview_failed = e
+        if held.lost:
+            raise ClaimLost()
         for path in todo:  # the output first: linking it claims the name
             if not (path == job.preview and preview_failed):
                 parts[path].publish(overwrite=overwrite)
@@ -187,20 +256,53 @@ def translate_one(job: Job, runner: TileRunner, s: Settings, label: str, *, over
     }
 
 
+def warn_about_source(job: Job, source: ImageSource, s: Settings) -> bool:
+    """Say what about ``source`` the user may not expect; returns whether it is a slide (not a picture)."""
+    slide = isinstance(source, (SlideImage, TiffImage))  # TIFFs OpenSlide leaves out are slide exports too
+    recorded = getattr(source, "recorded_mpp", None)
+    if slide and s.mpp_override is None and recorded is not None and plausible_mpp(recorded) is None:
+        click.echo(  # pictures (PNG, JPEG) carry 72 dpi all the time: said for slides only
+            f"dn: warning: {job.source}: its {recorded:g} µm per pixel is a screen or print default, "
+            "not a microscope's: taken as unknown (--mpp-override gives the real one)",
+            err=True,
+        )
+    if not isinstance(source, SlideImage) and is_tiff(job.source) and (more := other_images(job.source)):
+        click.echo(
+            f"dn: warning: {job.source} holds {plural(more, 'more image')} besides the first, not levels "
+            "of a pyramid: only the first is translated",
+            err=True,
+        )
+    return slide
+
+
+def tissue_tiles(
+    job: Job, source: ImageSource, grid: TileGrid, s: Settings, picture: Partial | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the tiles to translate, the tissue mask); the mask drawn into ``picture`` if asked."""
+    active, mask, thumbnail = select_tiles(source, grid, min_tissue=s.min_tissue)
+    if not active.any():  # tissue too faint to see: erasing the whole image would be worse
+        click.echo(f"dn: warning: {job.source}: no tissue found; translating every tile", err=True)
+        active[:] = True
+    if picture is not None:
+        save_picture(overlay(thumbnail, mask, active, grid), picture.path, name=picture.final.name)
+    return active, mask
+
+
 def translate_into(
-    path: Path,
-    name: str,
+    part: Partial,
     source: ImageSource,
     runner: TileRunner,
     s: Settings,
     record: dict,
     grid: TileGrid,
     active: np.ndarray | None,
-    label: str,
+    progress: Progress,
+    held: Claim,
 ) -> None:
-    """Translate ``source`` into the file ``path`` (the output ``name``'s temporary), with a progress bar."""
+    """Translate ``source`` into the output's temporary ``part``, telling ``progress``; stops if
+    ``held`` is taken over."""
     sink = open_sink(
-        path,
+        part.path,
         source.width,
         source.height,
         mpp=source.mpp,
@@ -208,14 +310,13 @@ def translate_into(
         quality=s.quality,
         description=json.dumps(record),
         ome=s.ome,
-        name=name,
+        name=part.final.name,
     )
-    bars: list[tqdm] = []
 
-    def progress(done: int, total: int) -> None:
-        if not bars:  # made on the first report, when the tile count is known
-            bars.append(tqdm(total=total, unit="tile", desc=label, disable=s.quiet, leave=False))
-        bars[0].update(done - bars[0].n)
+    def tiles_done(done: int, total: int) -> None:
+        if held.lost:
+            raise ClaimLost()
+        progress(done, total)
 
     try:
         run_translation(
@@ -226,12 +327,75 @@ def translate_into(
             tile_size=grid.tile_size,
             margin=grid.margin,
             batch_size=s.batch_size,
-            progress=progress,
+            progress=tiles_done,
             active=active,
         )
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
+
+
+def attempt(
+    job: Job,
+    runner: TileRunner,
+    settings: Settings,
+    label: str,
+    *,
+    one_file: bool,
+    overwrite: bool,
+    started: float,
+    debug: bool,
+    bar: BarFactory = TqdmBar,
+) -> dict:
+    """Translate one job; returns its record. In a batch a slide's failure is its record; one
+    file's failure, or any with --debug, is raised."""
+    record = {"input": str(job.source), "output": str(job.output)}
+    try:
+        record |= translate_one(job, runner, settings, label, overwrite=overwrite, started=started, bar=bar)
+        if one_file and record["status"] == "skipped":
+            if record["reason"].startswith("exists"):
+                raise OutputError(f"{job.output} exists (use --overwrite to replace it)")
+            if record["reason"] == BEING_TRANSLATED:
+                raise OutputError(f"{job.output} is being written by another dn run")
+    except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
+        if one_file or debug:
+            raise
+        message = first_line(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {first_line(e)}"
+        record |= {"status": "failed", "error": message}
+    return record
+
+
+def label_of(job: Job, number: int, total: int) -> str:
+    return f"[{number}/{total}] {job.source.name}" if total > 1 else job.source.name
+
+
+class Tally:
+    """What a run did with each input: a line (or JSON line) per input, counts, and the summary."""
+
+    def __init__(self, inputs: int, as_json: bool, quiet: bool) -> None:
+        self.inputs, self.as_json, self.quiet = inputs, as_json, quiet
+        statuses = ["done", "completed", "skipped", "failed", "not attempted", DONE_ELSEWHERE, BEING_TRANSLATED]
+        self.counts = dict.fromkeys(statuses, 0)
+        self.failed: list[str] = []
+
+    def add(self, record: dict, label: str) -> None:
+        if record["status"] == "failed":
+            click.echo(f"dn: error: {record['input']}: {record['error']}", err=True)
+            self.failed.append(Path(record["input"]).name)
+        self.counts[by_others(record) or record["status"]] += 1
+        if record["status"] == "not attempted":  # each input still gets its line, so the counts add up
+            emit(record, self.as_json, None)
+            return
+        text = f"{label}: {record['status']}" + (f" ({record['reason']})" if "reason" in record else "")
+        emit(record, self.as_json, None if self.quiet else f"{text} → {record['output']}")
+
+    def not_attempted(self, job: Job) -> None:
+        self.add({"input": str(job.source), "output": str(job.output), "status": "not attempted"}, "")
+
+    def finish(self) -> list[str]:
+        """Says the summary (for a batch, or after a failure); returns the failed names."""
+        if self.inputs > 1 or self.failed:
+            click.echo(summary(self.counts, self.inputs, self.failed), err=True)
+        return self.failed
 
 
 def run_jobs(
@@ -246,41 +410,37 @@ def run_jobs(
     debug: bool,
 ) -> list[str]:
     """Translate every job; in a batch each fails alone. Returns the failed names."""
-    started = time.time()  # temporaries older than this, and unlocked, were left by dead runs
-    counts = {"done": 0, "completed": 0, "skipped": 0, "failed": 0, "not attempted": 0}
-    failed: list[str] = []
+    started = time.time()  # outputs newer than this are other runs'; unlocked temporaries older, dead runs'
+    tally = Tally(len(jobs), as_json, settings.quiet)
     for number, job in enumerate(jobs, 1):
-        if failed and fail_fast:  # each input still gets its line, so the counts add up
-            counts["not attempted"] += 1
-            emit({"input": str(job.source), "output": str(job.output), "status": "not attempted"}, as_json, None)
+        if tally.failed and fail_fast:
+            tally.not_attempted(job)
             continue
-        record = {"input": str(job.source), "output": str(job.output)}
-        label = f"[{number}/{len(jobs)}] {job.source.name}" if len(jobs) > 1 else job.source.name
-        try:
-            record |= translate_one(job, runner, settings, label, overwrite=overwrite, started=started)
-            if one_file and record["status"] == "skipped":
-                if record["reason"].startswith("exists"):
-                    raise OutputError(f"{job.output} exists (use --overwrite to replace it)")
-                raise OutputError(f"{job.output} is being written by another dn run")
-        except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
-            if one_file or debug:
-                raise
-            message = first_line(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {first_line(e)}"
-            click.echo(f"dn: error: {job.source}: {message}", err=True)
-            record |= {"status": "failed", "error": message}
-            failed.append(job.source.name)
-        counts[record["status"]] += 1
-        text = f"{label}: {record['status']}" + (f" ({record['reason']})" if "reason" in record else "")
-        emit(record, as_json, None if settings.quiet else f"{text} → {job.output}")
-    if len(jobs) > 1 or failed:
-        parts = [f"{counts['done']} translated", f"{counts['skipped']} skipped", f"{counts['failed']} failed"]
-        if counts["completed"]:
-            parts.insert(1, f"{counts['completed']} completed")
-        if counts["not attempted"]:
-            parts.append(f"{counts['not attempted']} not attempted (--fail-fast)")
-        summary = f"{plural(len(jobs), 'input')}: {', '.join(parts)}"
-        click.echo(summary + (f" ({', '.join(failed)})" if failed else ""), err=True)
-    return failed
+        label = label_of(job, number, len(jobs))
+        options = {"one_file": one_file, "overwrite": overwrite, "started": started, "debug": debug}
+        tally.add(attempt(job, runner, settings, label, **options), label)
+    return tally.finish()
+
+
+def by_others(record: dict) -> str | None:
+    """DONE_ELSEWHERE or BEING_TRANSLATED if another run has the slide, else None."""
+    reason = record.get("reason", "")
+    return next((key for key in (DONE_ELSEWHERE, BEING_TRANSLATED) if reason.startswith(key)), None)
+
+
+def summary(counts: dict[str, int], inputs: int, failed: list[str]) -> str:
+    """``8 inputs: 3 translated, 4 done by other runs, 1 skipped, 0 failed``: every input counted once."""
+    parts = [f"{counts['done']} translated"]
+    if counts["completed"]:
+        parts.append(f"{counts['completed']} completed")
+    if counts[DONE_ELSEWHERE]:
+        parts.append(f"{counts[DONE_ELSEWHERE]} done by other runs")
+    if counts[BEING_TRANSLATED]:
+        parts.append(f"{counts[BEING_TRANSLATED]} being translated by other runs")
+    parts += [f"{counts['skipped']} skipped", f"{counts['failed']} failed"]
+    if counts["not attempted"]:
+        parts.append(f"{counts['not attempted']} not attempted (--fail-fast)")
+    return f"{plural(inputs, 'input')}: {', '.join(parts)}" + (f" ({', '.join(failed)})" if failed else "")
 
 
 def emit(record: dict, as_json: bool, text: str | None) -> None:

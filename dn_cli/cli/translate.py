@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -16,13 +17,16 @@ from dn_cli.batch import (
     Job,
     check_jobs,
     expand_inputs,
+    largest_first,
     parse_shard,
     plan_jobs,
     shard,
 )
+from dn_cli.claims import holder_of
 from dn_cli.cli.jobs import Settings, emit, files_to_make, run_jobs
 from dn_cli.cli.options import Location, compile_option, debug_option, model_options, model_path_option
 from dn_cli.cli.streams import is_closed
+from dn_cli.cli.workers import Dealer, Work, parse_devices
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
@@ -121,6 +125,13 @@ class PixelSize(click.ParamType):
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option(
+    "--devices",
+    "devices_spec",
+    metavar="LIST",
+    help="Run on several devices at once, one worker each, slides dealt out biggest first: "
+    "cuda:0,cuda:1 or all (every GPU); cpu,cpu runs two CPU workers.",
+)
+@click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
     default="auto",
@@ -212,6 +223,7 @@ def translate(
     margin: int | None,
     batch_size: int,
     device: str,
+    devices_spec: str | None,
     precision: str,
     compile_model: str,
     tissue: bool | None,
@@ -284,6 +296,7 @@ def translate(
         if not jobs:
             click.echo(f"dn: shard {k}/{n} of {plural(len(found), 'input')} is empty: nothing to do", err=True)
             return
+    jobs = largest_first(jobs)  # after sharding: every task of an array shards the same sorted list
 
     if dry_run:
         for job in jobs:
@@ -295,20 +308,20 @@ def translate(
             )
         return
 
-    torch_device = select_device(device)
+    if devices_spec is not None and ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--device and --devices choose the same thing: give one")
+    devices = parse_devices(devices_spec) if devices_spec is not None else [device]
+    torch_device = select_device(devices[0])
     dtype = autocast_dtype(precision, torch_device)
     if dtype is not None and torch_device.type == "cpu":
         click.echo(f"dn: warning: --precision {precision} on the CPU is many times slower than fp32", err=True)
-    generator = load_generator(model_path, arch=arch, trust_code=trust_code)
+    generator = load_generator(model_path, arch=arch, trust_code=trust_code)  # checked once, before any worker
     for warning in generator.warnings:
         click.echo(f"dn: warning: {warning}", err=True)
     margin = default_margin(tile_size, generator.stride) if margin is None else margin
     check_geometry(tile_size, margin, generator.stride)  # once, before any slide
-    runner = TileRunner(generator, torch_device, dtype)
-    if compiled.wanted(compile_model, torch_device):
-        runner.compile(lambda message: click.echo(f"dn: warning: {message}", err=True))
-        if compile_model == "auto" and not quiet:
-            click.echo("dn: compiling the model on first use (--compile off runs it as it is)", err=True)
+    if compiled.wanted(compile_model, torch_device) and compile_model == "auto" and not quiet:
+        click.echo("dn: compiling the model on first use (--compile off runs it as it is)", err=True)
     settings = Settings(
         model_path=model_path,
         model_sha256=file_sha256(model_path),
@@ -328,17 +341,35 @@ def translate(
         ome=output_format == "ome-tiff",
         quiet=quiet,
     )
-
-    failed = run_jobs(
-        jobs,
-        runner,
-        settings,
-        one_file=one_file,
-        overwrite=overwrite,
-        fail_fast=fail_fast,
-        as_json=as_json,
-        debug=ctx.meta.get("dn.debug", False),
-    )
+    if devices_spec is not None:
+        cpu_workers = sum(select_device(name).type == "cpu" for name in devices)
+        work = Work(
+            model_path,
+            arch,
+            trust_code,
+            precision,
+            compile_model,
+            settings,
+            jobs,
+            overwrite,
+            started=time.time(),
+            threads=max(1, (os.cpu_count() or 1) // max(1, cpu_workers)),
+        )
+        failed = Dealer(work, devices, fail_fast=fail_fast, as_json=as_json).run()
+    else:
+        runner = TileRunner(generator, torch_device, dtype)
+        if compiled.wanted(compile_model, torch_device):
+            runner.compile(lambda message: click.echo(f"dn: warning: {message}", err=True))
+        failed = run_jobs(
+            jobs,
+            runner,
+            settings,
+            one_file=one_file,
+            overwrite=overwrite,
+            fail_fast=fail_fast,
+            as_json=as_json,
+            debug=ctx.meta.get("dn.debug", False),
+        )
     if failed:
         ctx.exit(1)
 
@@ -368,7 +399,7 @@ def describe(paths: list[Path]) -> str:
 
 def dry_run_action(job: Job, overwrite: bool, one_file: bool) -> str:
     """What a real run would do with ``job``, decided as it would decide (nothing is removed)."""
-    if any(is_busy(p) for p in job.files):
+    if holder_of(job.output) or any(is_busy(p) for p in job.files):
         return "refuse (another dn run is writing it)" if one_file else "skip (another dn run is writing it)"
     try:
         todo, record = files_to_make(job, overwrite)

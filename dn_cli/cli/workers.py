@@ -1,0 +1,262 @@
+"""``--devices``: one worker process per device, slides dealt out one at a time, biggest first.
+
+The parent deals: a worker that is ready gets the next slide, so a device never idles while
+another has a queue. Each worker runs exactly what a single-device run does for one slide
+(``jobs.attempt``, with its claim), so outputs are the same pixels. The parent prints every
+line, one progress bar and the summary. A worker that dies (a decoder's crash on a bad slide,
+the kernel's OOM killer) costs its slide only: that slide is failed, a new worker takes its
+place. Ctrl-C or ``kill`` stops every worker, each removing what it was writing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import torch
+from tqdm import tqdm
+
+from dn_cli import compiled
+from dn_cli.batch import Job
+from dn_cli.claims import claim
+from dn_cli.cli.jobs import Settings, Tally, attempt, label_of
+from dn_cli.device import autocast_dtype, select_device
+from dn_cli.errors import DnError, first_line
+from dn_cli.models import load_generator
+from dn_cli.outputs import clear_stale_partials
+from dn_cli.pipeline import TileRunner
+
+RESTARTS = 3  # workers started again on one device after crashes, before it is given up
+POLL = 0.2  # seconds between looks at the workers while no message comes
+
+
+def parse_devices(spec: str) -> list[str]:
+    """``cuda:0,cuda:1``, ``cpu,cpu`` or ``all`` (every CUDA device) → device names, each checked."""
+    if spec.strip() == "all":
+        if not torch.cuda.is_available():
+            raise DnError("--devices all: no CUDA device is available (on CPUs give e.g. --devices cpu,cpu)")
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise DnError(f"--devices {spec!r}: give devices, e.g. cuda:0,cuda:1 or all")
+    for name in names:
+        select_device(name)
+    return names
+
+
+@dataclass(frozen=True)
+class Work:
+    """What every worker is given: the model, how to run it, and the jobs."""
+
+    model_path: Path
+    arch: str | None
+    trust_code: bool
+    precision: str
+    compile_model: str
+    settings: Settings
+    jobs: list[Job]
+    overwrite: bool
+    started: float
+    threads: int  # torch threads of a CPU worker (the cores shared out)
+
+
+class QueueBar:
+    """A worker's slide progress, sent to the parent's bar (only when it moved)."""
+
+    def __init__(self, outbox, worker: int) -> None:
+        self.outbox, self.worker, self.last = outbox, worker, (0, 0)
+
+    def __call__(self, done: int, total: int) -> None:
+        Stop.check()
+        if (done, total) != self.last:
+            self.outbox.put(("tiles", self.worker, done - self.last[0], total - self.last[1]))
+            self.last = (done, total)
+
+    def close(self) -> None:
+        pass
+
+
+class Stop:
+    """Ctrl-C or kill, in a worker. A signal handler that raises may land in a C library's callback
+    into Python (pyvips logs through one), where the exception is printed and dropped; so a busy
+    worker only notes the request, and stops at the next batch (``QueueBar``), unwinding as
+    Ctrl-C does in one process. An idle one, waiting for a slide, stops at once."""
+
+    asked = False
+    idle = True
+
+    @classmethod
+    def handle(cls, _signum, _frame) -> None:
+        cls.asked = True
+        if cls.idle:
+            raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.asked:
+            raise KeyboardInterrupt
+
+
+def work(worker: int, device: str, job: Work, inbox, outbox) -> None:
+    """A worker process: loads the model on ``device``, then translates the slides it is dealt."""
+    signal.signal(signal.SIGINT, Stop.handle)
+    signal.signal(signal.SIGTERM, Stop.handle)
+    try:
+        torch_device = torch.device(device)
+        if torch_device.type == "cpu":
+            torch.set_num_threads(job.threads)
+        generator = load_generator(job.model_path, arch=job.arch, trust_code=job.trust_code)
+        runner = TileRunner(generator, torch_device, autocast_dtype(job.precision, torch_device))
+        if compiled.wanted(job.compile_model, torch_device):
+            runner.compile(lambda message: click.echo(f"dn: warning: {device}: {message}", err=True))
+    except KeyboardInterrupt:
+        return
+    except Exception as e:
+        outbox.put(("broken", worker, f"{type(e).__name__}: {first_line(e)}"))
+        return
+    try:
+        while True:
+            outbox.put(("ready", worker))
+            Stop.idle = True
+            index = inbox.get()
+            Stop.idle = False
+            Stop.check()
+            if index is None:
+                return
+            label = label_of(job.jobs[index], index + 1, len(job.jobs))
+            options = {"one_file": False, "overwrite": job.overwrite, "started": job.started, "debug": False}
+            bar = lambda *_: QueueBar(outbox, worker)  # noqa: E731
+            record = attempt(job.jobs[index], runner, job.settings, label, bar=bar, **options)
+            outbox.put(("done", worker, index, record))
+            Stop.check()
+    except KeyboardInterrupt:
+        return
+
+
+class Pool:
+    """The worker processes, one per device, started (and started again) by the parent."""
+
+    def __init__(self, devices: list[str], job: Work) -> None:
+        self.context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self.devices, self.job = devices, job
+        self.outbox = self.context.Queue()
+        self.processes: dict[int, multiprocessing.Process] = {}
+        self.inboxes: dict[int, object] = {}
+        self.device_of: dict[int, str] = {}
+        self.crashes = dict.fromkeys(devices, 0)
+
+    def start(self, device: str) -> int:
+        worker = len(self.device_of)
+        self.inboxes[worker] = self.context.SimpleQueue()
+        process = self.context.Process(
+            target=work, args=(worker, device, self.job, self.inboxes[worker], self.outbox), name=f"dn-{device}"
+        )
+        process.start()
+        self.processes[worker], self.device_of[worker] = process, device
+        return worker
+
+    def stop(self) -> None:
+        """Every worker stopped (asked by SIGTERM, then killed after a minute) and waited for."""
+        for process in self.processes.values():
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + 60
+        for process in self.processes.values():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()  # stuck in a native call: its temporaries are cleared by the next run
+                process.join()
+
+
+def tidy(job: Job) -> None:
+    """Remove what a dead worker was writing for ``job`` (its claim is stale, so taken over here)."""
+    held = claim(job.output)
+    if held is not None:
+        with held:
+            for path in job.files:
+                clear_stale_partials(path, time.time())
+
+
+class Dealer:
+    """Deals the jobs of ``work_`` to workers on ``devices`` as each is ready, and reports them."""
+
+    def __init__(self, work_: Work, devices: list[str], *, fail_fast: bool, as_json: bool) -> None:
+        self.jobs, self.fail_fast = work_.jobs, fail_fast
+        self.tally = Tally(len(self.jobs), as_json, work_.settings.quiet)
+        self.pending = list(range(len(self.jobs)))  # already biggest first
+        self.holding: dict[int, int | None] = {}  # live worker → the job it translates
+        self.pool = Pool(devices, work_)
+        self.bar = tqdm(total=0, unit="tile", desc=f"{len(devices)} devices", disable=work_.settings.quiet, leave=False)
+        self.finished = 0
+
+    def run(self) -> list[str]:
+        """Translate every job; returns the failed names."""
+        try:
+            for device in self.pool.devices[: len(self.jobs)]:
+                self.holding[self.pool.start(device)] = None
+            while self.holding:
+                try:
+                    message = self.pool.outbox.get(timeout=POLL)
+                except queue.Empty:
+                    self.reap()
+                    continue
+                self.handle(*message)
+        except BaseException:  # Ctrl-C, kill: every worker stops and removes what it was writing
+            self.pool.stop()
+            raise
+        finally:
+            self.bar.close()
+        for index in self.pending:
+            job = self.jobs[index]
+            if self.fail_fast and self.tally.failed:
+                self.tally.not_attempted(job)
+            else:  # every device given up
+                self.report({"status": "failed", "error": "no device could run the model"}, index)
+        return self.tally.finish()
+
+    def handle(self, kind: str, worker: int, *details) -> None:
+        if kind == "ready":
+            stop = not self.pending or (self.fail_fast and self.tally.failed)
+            self.holding[worker] = None if stop else self.pending.pop(0)
+            self.pool.inboxes[worker].put(self.holding[worker])
+        elif kind == "tiles":
+            self.bar.total += details[1]
+            self.bar.update(details[0])
+        elif kind == "done":
+            self.holding[worker] = None
+            self.report(details[1], details[0])
+        elif kind == "broken":
+            device = self.pool.device_of[worker]
+            click.echo(f"dn: error: {device}: the model could not be started there: {details[0]}", err=True)
+            self.pool.crashes[device] = RESTARTS  # not started again
+
+    def reap(self) -> None:
+        """Workers that ended: done, or dead — then their slide failed and a new worker takes over."""
+        for worker, index in list(self.holding.items()):
+            code = self.pool.processes[worker].exitcode
+            if code is None:
+                continue
+            del self.holding[worker]
+            if code == 0:
+                continue
+            device = self.pool.device_of[worker]
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            if index is not None:
+                tidy(self.jobs[index])
+                self.report({"status": "failed", "error": f"the worker on {device} died ({how})"}, index)
+            self.pool.crashes[device] += 1
+            if self.pending and self.pool.crashes[device] <= RESTARTS:
+                self.holding[self.pool.start(device)] = None
+
+    def report(self, outcome: dict, index: int) -> None:
+        job = self.jobs[index]
+        record = {"input": str(job.source), "output": str(job.output)} | outcome
+        with tqdm.external_write_mode():
+            self.tally.add(record, label_of(job, index + 1, len(self.jobs)))
+        self.finished += 1
+        self.bar.set_description(f"{len(self.pool.devices)} devices, {self.finished}/{len(self.jobs)} slides")
