@@ -120,7 +120,7 @@ def test_stopping_leaves_no_process_and_no_partial_file(tmp_path, slides, checkp
 
 
 def test_devices_are_checked_before_any_work(tmp_path, slides, checkpoint):
-    for spec, reason in [("cpu,gpu7", "unsupported device"), ("all", "no CUDA device"), (",", "give devices")]:
+    for spec, reason in [("cpu,gpu7", "unknown device"), ("all", "no CUDA device"), (",", "give devices")]:
         if spec == "all" and torch.cuda.is_available():
             continue
         result = CliRunner().invoke(cli, ["translate", str(slides), "-o", str(tmp_path / "o"), "--devices", spec])

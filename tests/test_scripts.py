@@ -94,3 +94,11 @@ def test_small_image_study_reports_before_and_after():
     results = last_json(run_script("small_image_study.py"))
     assert results["mirrored tile (before)"]["max"] > 1
     assert all(row["max"] <= 1 for name, row in results.items() if name.startswith("run whole"))
+
+
+def test_sharing_bench_runs_both_ways_and_each_slide_once():
+    results = last_json(run_script("bench_sharing.py", "--scale", "0.125"))
+    static = results["static (--shard 0/2, --shard 1/2)"]
+    assert (static["run 0"]["translated"], static["run 1"]["translated"]) == (list("aceg"), list("bdfh"))
+    shared = results["shared (the same command twice)"]
+    assert sorted(shared["run 0"]["translated"] + shared["run 1"]["translated"]) == list("abcdefgh")

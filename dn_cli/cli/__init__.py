@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
+from contextlib import nullcontext
 
 import click
 
@@ -12,13 +12,10 @@ from dn_cli import __version__
 from dn_cli.cli.bench import bench
 from dn_cli.cli.info import info, models
 from dn_cli.cli.options import debug_option
+from dn_cli.cli.stopping import stopped_by_signals
 from dn_cli.cli.streams import guard_streams
 from dn_cli.cli.translate import translate
 from dn_cli.errors import DnError, first_line
-
-
-def _interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
 
 
 class DnGroup(click.Group):
@@ -37,11 +34,10 @@ class DnGroup(click.Group):
 
         args = sys.argv[1:] if args is None else list(args)
         # `kill` (SIGTERM) unwinds like Ctrl-C, so partial outputs are removed on the way out.
-        previous = (
-            signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
-        )
+        signals = stopped_by_signals() if threading.current_thread() is threading.main_thread() else nullcontext()
         try:
-            run(args)
+            with signals:
+                run(args)
             code = 0
         except click.exceptions.Exit as e:
             code = e.exit_code
@@ -61,9 +57,6 @@ class DnGroup(click.Group):
                 raise
             click.echo(f"dn: error: unexpected {type(e).__name__}: {first_line(e)} (rerun with --debug)", err=True)
             code = 1
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
         if standalone_mode:
             sys.exit(code)
         return code

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dn_cli.batch import Job
 from dn_cli.claims import Claim, claim
+from dn_cli.cli.stopping import Stop
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import TileGrid, fit_grid
 from dn_cli.image_io import image_description, open_sink, save_picture, thumbnail_file
@@ -57,6 +58,7 @@ class TqdmBar:
         self.label, self.quiet, self.bar = label, quiet, None
 
     def __call__(self, done: int, total: int) -> None:
+        Stop.check()
         if self.bar is None:
             self.bar = tqdm(total=total, unit="tile", desc=self.label, disable=self.quiet, leave=False)
         self.bar.update(done - self.bar.n)
@@ -418,7 +420,9 @@ def run_jobs(
             continue
         label = label_of(job, number, len(jobs))
         options = {"one_file": one_file, "overwrite": overwrite, "started": started, "debug": debug}
-        tally.add(attempt(job, runner, settings, label, **options), label)
+        with Stop.making_a_slide():
+            record = attempt(job, runner, settings, label, **options)
+        tally.add(record, label)
     return tally.finish()
 
 

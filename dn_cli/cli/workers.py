@@ -25,6 +25,7 @@ from dn_cli import compiled
 from dn_cli.batch import Job
 from dn_cli.claims import claim
 from dn_cli.cli.jobs import Settings, Tally, attempt, label_of
+from dn_cli.cli.stopping import Stop
 from dn_cli.device import autocast_dtype, select_device
 from dn_cli.errors import DnError, first_line
 from dn_cli.models import load_generator
@@ -81,31 +82,10 @@ class QueueBar:
         pass
 
 
-class Stop:
-    """Ctrl-C or kill, in a worker. A signal handler that raises may land in a C library's callback
-    into Python (pyvips logs through one), where the exception is printed and dropped; so a busy
-    worker only notes the request, and stops at the next batch (``QueueBar``), unwinding as
-    Ctrl-C does in one process. An idle one, waiting for a slide, stops at once."""
-
-    asked = False
-    idle = True
-
-    @classmethod
-    def handle(cls, _signum, _frame) -> None:
-        cls.asked = True
-        if cls.idle:
-            raise KeyboardInterrupt
-
-    @classmethod
-    def check(cls) -> None:
-        if cls.asked:
-            raise KeyboardInterrupt
-
-
 def work(worker: int, device: str, job: Work, inbox, outbox) -> None:
     """A worker process: loads the model on ``device``, then translates the slides it is dealt."""
-    signal.signal(signal.SIGINT, Stop.handle)
-    signal.signal(signal.SIGTERM, Stop.handle)
+    signal.signal(signal.SIGINT, Stop.handle)  # a terminal's Ctrl-C reaches workers too
+    signal.signal(signal.SIGTERM, Stop.handle)  # the parent's way to stop them
     try:
         torch_device = torch.device(device)
         if torch_device.type == "cpu":
@@ -122,18 +102,15 @@ def work(worker: int, device: str, job: Work, inbox, outbox) -> None:
     try:
         while True:
             outbox.put(("ready", worker))
-            Stop.idle = True
             index = inbox.get()
-            Stop.idle = False
-            Stop.check()
             if index is None:
                 return
             label = label_of(job.jobs[index], index + 1, len(job.jobs))
             options = {"one_file": False, "overwrite": job.overwrite, "started": job.started, "debug": False}
             bar = lambda *_: QueueBar(outbox, worker)  # noqa: E731
-            record = attempt(job.jobs[index], runner, job.settings, label, bar=bar, **options)
+            with Stop.making_a_slide():
+                record = attempt(job.jobs[index], runner, job.settings, label, bar=bar, **options)
             outbox.put(("done", worker, index, record))
-            Stop.check()
     except KeyboardInterrupt:
         return
 

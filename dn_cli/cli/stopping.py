@@ -1,0 +1,52 @@
+"""Ctrl-C and ``kill`` (SIGTERM): dn stops, removing what it was writing.
+
+A signal handler that raises can land while a C library calls back into Python (pyvips logs
+through such a callback), where the exception is printed and dropped, and the signal lost. So
+while a slide is being made the handler only notes the request, and the slide's progress
+callback raises it at the next batch, unwinding from a plain Python frame; outside a slide it
+raises at once.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+
+
+class Stop:
+    asked = False
+    busy = False
+
+    @classmethod
+    def handle(cls, _signum, _frame) -> None:
+        cls.asked = True
+        if not cls.busy:
+            raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise KeyboardInterrupt if a stop was asked for (at a point where unwinding is safe)."""
+        if cls.asked:
+            raise KeyboardInterrupt
+
+    @classmethod
+    @contextmanager
+    def making_a_slide(cls):
+        cls.busy = True
+        try:
+            yield
+        finally:
+            cls.busy = False
+        cls.check()
+
+
+@contextmanager
+def stopped_by_signals():
+    """Within: SIGINT and SIGTERM stop dn through :class:`Stop` (main thread only)."""
+    Stop.asked = Stop.busy = False
+    previous = {signum: signal.signal(signum, Stop.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
