@@ -6,6 +6,14 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def reason(error: BaseException, unexpected: str = "") -> str:
+    """One line for an error: dn's own message, or the kind and message of any other
+    (``unexpected`` before it, for errors dn did not foresee)."""
+    if isinstance(error, DnError):
+        return first_line(error)
+    return f"{unexpected}{type(error).__name__}: {first_line(error)}"
+
+
 def plural(count: int, noun: str) -> str:
     """``1 input``, ``3 inputs``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -21,6 +21,7 @@ from dn_cli.geometry import Box
 from dn_cli.images import Canvas, ClosedOnExit, block_thumbnail
 from dn_cli.levels import plausible_mpp
 from dn_cli.native_paths import native, printable
+from dn_cli.stopping import Stop
 from dn_cli.strip_tiff import strip_tiff_header
 from dn_cli.tiff_image import forget_resolution
 
@@ -271,7 +272,7 @@ class PyramidTiffSink:
                 self._bands.put(data, timeout=0.5)
                 return
             except queue.Full:
-                continue
+                Stop.check()  # the writer is behind: a stop asked for meanwhile is heard here
         if data is not None or self._failure is not None:  # the end marker may find the writer done
             self._raise_failure()
 
@@ -293,6 +294,7 @@ class PyramidTiffSink:
         self._put(None)
         while self._thread.is_alive():
             self._thread.join(timeout=0.5)  # in slices: Ctrl-C and SIGTERM are heard meanwhile
+            Stop.check()
         if self._failure is not None:
             self._raise_failure()
         if not self.mpp:

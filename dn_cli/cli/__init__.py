@@ -12,10 +12,10 @@ from dn_cli import __version__
 from dn_cli.cli.bench import bench
 from dn_cli.cli.info import info, models
 from dn_cli.cli.options import debug_option
-from dn_cli.cli.stopping import stopped_by_signals
 from dn_cli.cli.streams import guard_streams
 from dn_cli.cli.translate import translate
 from dn_cli.errors import DnError, first_line
+from dn_cli.stopping import stopped_by_signals
 
 
 class DnGroup(click.Group):

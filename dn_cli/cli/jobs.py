@@ -21,8 +21,7 @@ from tqdm import tqdm
 
 from dn_cli.batch import Job
 from dn_cli.claims import Claim, claim
-from dn_cli.cli.stopping import Stop
-from dn_cli.errors import DnError, OutputError, first_line, plural
+from dn_cli.errors import DnError, OutputError, plural, reason
 from dn_cli.geometry import TileGrid, fit_grid
 from dn_cli.image_io import image_description, open_sink, save_picture, thumbnail_file
 from dn_cli.images import ImageSource
@@ -34,6 +33,7 @@ from dn_cli.preview import side_by_side
 from dn_cli.provenance import provenance, read_sidecar, write_sidecar
 from dn_cli.slides import SlideImage
 from dn_cli.sources import open_source
+from dn_cli.stopping import Stop
 from dn_cli.tiff_image import TiffImage, is_tiff, other_images
 from dn_cli.tissue import overlay, select_tiles
 
@@ -243,7 +243,7 @@ def make_files(
             part.discard()  # what was not published
     if preview_failed is not None:
         e = preview_failed
-        why = first_line(e) if isinstance(e, DnError) else f"{type(e).__name__}: {first_line(e)}"
+        why = reason(e)
         raise OutputError(f"the preview failed ({why}); {job.output.name} is made and kept") from e
     if job.output not in parts:
         return {"status": "completed", "made": [str(p) for p in todo]}
@@ -361,7 +361,7 @@ def attempt(
     except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
         if one_file or debug:
             raise
-        message = first_line(e) if isinstance(e, DnError) else f"unexpected {type(e).__name__}: {first_line(e)}"
+        message = reason(e, unexpected="unexpected ")
         record |= {"status": "failed", "error": message}
     return record
 

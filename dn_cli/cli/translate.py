@@ -26,7 +26,7 @@ from dn_cli.claims import holder_of
 from dn_cli.cli.jobs import Settings, emit, files_to_make, run_jobs
 from dn_cli.cli.options import Location, compile_option, debug_option, model_options, model_path_option
 from dn_cli.cli.streams import is_closed
-from dn_cli.cli.workers import Dealer, Work, parse_devices
+from dn_cli.cli.workers import Dealer, Shared, parse_devices
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
@@ -343,7 +343,7 @@ def translate(
     )
     if devices_spec is not None:
         cpu_workers = sum(select_device(name).type == "cpu" for name in devices)
-        work = Work(
+        shared = Shared(
             model_path,
             arch,
             trust_code,
@@ -355,7 +355,7 @@ def translate(
             started=time.time(),
             threads=max(1, (os.cpu_count() or 1) // max(1, cpu_workers)),
         )
-        failed = Dealer(work, devices, fail_fast=fail_fast, as_json=as_json).run()
+        failed = Dealer(shared, devices, fail_fast=fail_fast, as_json=as_json).run()
     else:
         runner = TileRunner(generator, torch_device, dtype)
         if compiled.wanted(compile_model, torch_device):

@@ -25,12 +25,12 @@ from dn_cli import compiled
 from dn_cli.batch import Job
 from dn_cli.claims import claim
 from dn_cli.cli.jobs import Settings, Tally, attempt, label_of
-from dn_cli.cli.stopping import Stop
 from dn_cli.device import autocast_dtype, select_device
-from dn_cli.errors import DnError, first_line
+from dn_cli.errors import DnError, reason
 from dn_cli.models import load_generator
 from dn_cli.outputs import clear_stale_partials
 from dn_cli.pipeline import TileRunner
+from dn_cli.stopping import Stop
 
 RESTARTS = 3  # workers started again on one device after crashes, before it is given up
 POLL = 0.2  # seconds between looks at the workers while no message comes
@@ -51,7 +51,7 @@ def parse_devices(spec: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Work:
+class Shared:
     """What every worker is given: the model, how to run it, and the jobs."""
 
     model_path: Path
@@ -82,22 +82,22 @@ class QueueBar:
         pass
 
 
-def work(worker: int, device: str, job: Work, inbox, outbox) -> None:
+def work(worker: int, device: str, shared: Shared, inbox, outbox) -> None:
     """A worker process: loads the model on ``device``, then translates the slides it is dealt."""
     signal.signal(signal.SIGINT, Stop.handle)  # a terminal's Ctrl-C reaches workers too
     signal.signal(signal.SIGTERM, Stop.handle)  # the parent's way to stop them
     try:
         torch_device = torch.device(device)
         if torch_device.type == "cpu":
-            torch.set_num_threads(job.threads)
-        generator = load_generator(job.model_path, arch=job.arch, trust_code=job.trust_code)
-        runner = TileRunner(generator, torch_device, autocast_dtype(job.precision, torch_device))
-        if compiled.wanted(job.compile_model, torch_device):
+            torch.set_num_threads(shared.threads)
+        generator = load_generator(shared.model_path, arch=shared.arch, trust_code=shared.trust_code)
+        runner = TileRunner(generator, torch_device, autocast_dtype(shared.precision, torch_device))
+        if compiled.wanted(shared.compile_model, torch_device):
             runner.compile(lambda message: click.echo(f"dn: warning: {device}: {message}", err=True))
     except KeyboardInterrupt:
         return
-    except Exception as e:
-        outbox.put(("broken", worker, f"{type(e).__name__}: {first_line(e)}"))
+    except Exception as e:  # the device or the model there: the other workers go on
+        outbox.put(("broken", worker, reason(e)))
         return
     try:
         while True:
@@ -105,11 +105,12 @@ def work(worker: int, device: str, job: Work, inbox, outbox) -> None:
             index = inbox.get()
             if index is None:
                 return
-            label = label_of(job.jobs[index], index + 1, len(job.jobs))
-            options = {"one_file": False, "overwrite": job.overwrite, "started": job.started, "debug": False}
+            job = shared.jobs[index]
+            label = label_of(job, index + 1, len(shared.jobs))
+            options = {"one_file": False, "overwrite": shared.overwrite, "started": shared.started, "debug": False}
             bar = lambda *_: QueueBar(outbox, worker)  # noqa: E731
             with Stop.making_a_slide():
-                record = attempt(job.jobs[index], runner, job.settings, label, bar=bar, **options)
+                record = attempt(job, runner, shared.settings, label, bar=bar, **options)
             outbox.put(("done", worker, index, record))
     except KeyboardInterrupt:
         return
@@ -118,9 +119,9 @@ def work(worker: int, device: str, job: Work, inbox, outbox) -> None:
 class Pool:
     """The worker processes, one per device, started (and started again) by the parent."""
 
-    def __init__(self, devices: list[str], job: Work) -> None:
+    def __init__(self, devices: list[str], shared: Shared) -> None:
         self.context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        self.devices, self.job = devices, job
+        self.devices, self.shared = devices, shared
         self.outbox = self.context.Queue()
         self.processes: dict[int, multiprocessing.Process] = {}
         self.inboxes: dict[int, object] = {}
@@ -131,7 +132,7 @@ class Pool:
         worker = len(self.device_of)
         self.inboxes[worker] = self.context.SimpleQueue()
         process = self.context.Process(
-            target=work, args=(worker, device, self.job, self.inboxes[worker], self.outbox), name=f"dn-{device}"
+            target=work, args=(worker, device, self.shared, self.inboxes[worker], self.outbox), name=f"dn-{device}"
         )
         process.start()
         self.processes[worker], self.device_of[worker] = process, device
@@ -160,15 +161,17 @@ def tidy(job: Job) -> None:
 
 
 class Dealer:
-    """Deals the jobs of ``work_`` to workers on ``devices`` as each is ready, and reports them."""
+    """Deals the jobs of ``shared`` to workers on ``devices`` as each is ready, and reports them."""
 
-    def __init__(self, work_: Work, devices: list[str], *, fail_fast: bool, as_json: bool) -> None:
-        self.jobs, self.fail_fast = work_.jobs, fail_fast
-        self.tally = Tally(len(self.jobs), as_json, work_.settings.quiet)
+    def __init__(self, shared: Shared, devices: list[str], *, fail_fast: bool, as_json: bool) -> None:
+        self.jobs, self.fail_fast = shared.jobs, fail_fast
+        self.tally = Tally(len(self.jobs), as_json, shared.settings.quiet)
         self.pending = list(range(len(self.jobs)))  # already biggest first
         self.holding: dict[int, int | None] = {}  # live worker → the job it translates
-        self.pool = Pool(devices, work_)
-        self.bar = tqdm(total=0, unit="tile", desc=f"{len(devices)} devices", disable=work_.settings.quiet, leave=False)
+        self.pool = Pool(devices, shared)
+        self.bar = tqdm(
+            total=0, unit="tile", desc=f"{len(devices)} devices", disable=shared.settings.quiet, leave=False
+        )
         self.finished = 0
 
     def run(self) -> list[str]:

@@ -2,9 +2,10 @@
 
 A signal handler that raises can land while a C library calls back into Python (pyvips logs
 through such a callback), where the exception is printed and dropped, and the signal lost. So
-while a slide is being made the handler only notes the request, and the slide's progress
-callback raises it at the next batch, unwinding from a plain Python frame; outside a slide it
-raises at once.
+while a slide is being made the handler only notes the request, and the places where the main
+thread waits or reports raise it — the slide's progress at each batch, the TIFF writer while it
+is behind or finishing the pyramid — unwinding from a plain Python frame; outside a slide the
+handler raises at once.
 """
 
 from __future__ import annotations
