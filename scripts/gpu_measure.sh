@@ -4,8 +4,9 @@
 # OpenSlide does not open). Appends its output to $LOG.
 # Issues 11 and 18: CUDA tests, the DN layer's cost per tile eager and compiled (plain vs dense
 # forward, both apply forms), dn bench eager and compiled (bundled and CycleGAN-size model), and
-# dn translate on a 16384² slide with GPU utilisation, --compile off and on. Not yet run: no GPU
-# has been lent since the pipeline was rewritten.
+# dn translate on a 16384² slide with GPU utilisation, --compile off and on; issue 19: two workers
+# on one GPU against one process. Not yet run: no GPU has been lent since the pipeline was
+# rewritten. It runs longer than one device call (600 s): split it at the stamps.
 set -u
 exec > >(tee -a "${LOG:-/tmp/dn-gpu.log}") 2>&1
 export PYTHONUNBUFFERED=1
@@ -64,4 +65,12 @@ run_cli cyclegan_dn --model /tmp/cg64.pth --norm dn --batch-size 16 --compile of
 run_cli cyclegan_dn_compiled --model /tmp/cg64.pth --norm dn --batch-size 16 --compile on
 run_cli cyclegan_dn_compiled_again --model /tmp/cg64.pth --norm dn --batch-size 16 --compile on  # kernels cached
 run_cli bundled_dn --norm dn --batch-size 16 --compile off
+
+stamp "two 16384² slides: one process, then two workers on the one GPU (issue 19: --devices cuda:0,cuda:0)"
+mkdir -p /tmp/pair && ln -f /tmp/s16k.tif /tmp/pair/a.tif && ln -f /tmp/s16k.tif /tmp/pair/b.tif
+for devices in "--device cuda:0" "--devices cuda:0,cuda:0"; do
+  t=$(date +%s.%N)
+  timeout 300 python3 -m dn_cli translate /tmp/pair -o /tmp/pair_out -q --overwrite --model /tmp/cg64.pth --batch-size 16 --compile on $devices
+  echo "  $devices: exit $?, $(python3 -c "import time; print(round(time.time() - $t, 1))") s for 2 × 16384²"
+done
 stamp done

@@ -57,3 +57,25 @@ def test_a_batch_too_big_for_gpu_memory_is_split_and_a_tile_too_big_names_the_ti
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
+
+
+def test_two_workers_on_one_gpu_give_the_single_runs_pixels(tmp_path, tissue, checkpoint):
+    """--devices on CUDA: workers are spawned processes (CUDA cannot be forked); two on one GPU
+    overlap one's reading with the other's forward. Pixels as one process on that GPU."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    from .test_reliability import png
+
+    folder = tmp_path / "in"
+    for i in range(3):
+        png(folder / f"s{i}.png", np.ascontiguousarray(np.roll(tissue, 60 * i, axis=1)[:256, :320]))
+    base = [sys.executable, "-m", "dn_cli", "translate", str(folder), "--model", str(checkpoint), "-q"]
+    for out, where in (("one", ["--device", "cuda:0"]), ("two", ["--devices", "cuda:0,cuda:0"])):
+        done = subprocess.run([*base, "-o", str(tmp_path / out), *where], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    for i in range(3):
+        one, two = (tifffile.imread(tmp_path / out / f"s{i}.tif", level=0) for out in ("one", "two"))
+        np.testing.assert_array_equal(one, two)

@@ -128,3 +128,11 @@ def test_devices_are_checked_before_any_work(tmp_path, slides, checkpoint):
     both = CliRunner().invoke(cli, ["translate", str(slides), "-o", "o", "--devices", "cpu", "--device", "cpu"])
     assert both.exit_code == 2 and "give one" in both.output
     assert not (tmp_path / "o").exists()
+
+
+def test_one_file_with_devices_is_one_file(tmp_path, slides, checkpoint):
+    """Nothing to deal out: it runs on the first device, and refuses an existing output as ever."""
+    args = ["translate", str(slides / "s3.png"), "-o", str(tmp_path / "o.tif"), "--model", str(checkpoint)]
+    assert CliRunner().invoke(cli, [*args, "--devices", "cpu,cpu", "-q"]).exit_code == 0
+    again = CliRunner().invoke(cli, [*args, "--devices", "cpu,cpu", "-q"])
+    assert again.exit_code == 1 and "exists (use --overwrite" in again.output

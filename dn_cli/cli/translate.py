@@ -341,7 +341,7 @@ def translate(
         ome=output_format == "ome-tiff",
         quiet=quiet,
     )
-    if devices_spec is not None:
+    if devices_spec is not None and not one_file:  # one file: nothing to deal out, run on the first device
         cpu_workers = sum(select_device(name).type == "cpu" for name in devices)
         shared = Shared(
             model_path,
