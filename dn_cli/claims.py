@@ -76,7 +76,10 @@ def is_stale(holder: dict, heartbeat: float) -> bool:
 
 def holder_of(final: Path) -> dict | None:
     """Who holds a live claim on ``final`` (host, pid), or None if no live run does."""
-    found = _read(claim_path(final))
+    try:
+        found = _read(claim_path(final))
+    except OSError:  # a path the file system cannot hold (refused where it would be written)
+        return None
     return None if found is None or is_stale(*found) else found[0]
 
 
