@@ -114,6 +114,14 @@ class Cluster:
         """The jobs Slurm still holds (array tasks one by one)."""
         return self.slurm("squeue", "-h", "-r", "-o", "%i").stdout.split()
 
+    def wait(self, seconds: float = 600) -> None:
+        """Until Slurm holds no job (polled often: ``sbatch --wait`` polls at growing intervals)."""
+        deadline = time.monotonic() + seconds
+        while self.jobs():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"jobs still queued or running after {seconds} s: {self.jobs()}")
+            time.sleep(0.3)
+
     def stop(self) -> None:
         for name in reversed(DAEMONS):
             pid_file = self.folder / f"{name}.pid"

@@ -30,16 +30,18 @@ fcntl.flock = _no_locks
 """
 
 
+def without_flock(env: dict, folder: Path) -> dict:
+    """``env`` for Python processes that find ``flock`` failing (``NO_LOCKS`` put in ``folder``)."""
+    site = folder / "no_locks"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_LOCKS)
+    return env | {"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])}
+
+
 @pytest.fixture(params=["flock", "no flock"])
 def file_system(request, tmp_path) -> dict:
     """The environment of dn runs on a file system with working ``flock``, or without."""
-    env = dict(os.environ)
-    if request.param == "no flock":
-        site = tmp_path / "no_locks"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(NO_LOCKS)
-        env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
-    return env
+    return dict(os.environ) if request.param == "flock" else without_flock(dict(os.environ), tmp_path)
 
 
 def start_dn(*args, env: dict) -> subprocess.Popen:
