@@ -20,9 +20,10 @@ class Stop:
 
     @classmethod
     def handle(cls, _signum, _frame) -> None:
+        first = not cls.asked
         cls.asked = True
-        if not cls.busy:
-            raise KeyboardInterrupt
+        if first and not cls.busy:  # a second signal (Ctrl-C, then the parent's SIGTERM) must not
+            raise KeyboardInterrupt  # break into the unwinding the first started
 
     @classmethod
     def check(cls) -> None:
@@ -33,6 +34,7 @@ class Stop:
     @classmethod
     @contextmanager
     def making_a_slide(cls):
+        cls.check()
         cls.busy = True
         try:
             yield

@@ -84,9 +84,10 @@ class QueueBar:
 
 def work(worker: int, device: str, shared: Shared, inbox, outbox) -> None:
     """A worker process: loads the model on ``device``, then translates the slides it is dealt."""
-    signal.signal(signal.SIGINT, Stop.handle)  # a terminal's Ctrl-C reaches workers too
-    signal.signal(signal.SIGTERM, Stop.handle)  # the parent's way to stop them
     try:
+        signal.signal(signal.SIGINT, Stop.handle)  # a terminal's Ctrl-C reaches workers too
+        signal.signal(signal.SIGTERM, Stop.handle)  # the parent's way to stop them
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while it started: see Pool.start
         torch_device = torch.device(device)
         if torch_device.type == "cpu":
             torch.set_num_threads(shared.threads)
@@ -134,7 +135,13 @@ class Pool:
         process = self.context.Process(
             target=work, args=(worker, device, self.shared, self.inboxes[worker], self.outbox), name=f"dn-{device}"
         )
-        process.start()
+        # Ctrl-C while a worker starts (imports torch) would print its traceback: the worker
+        # starts with SIGINT blocked, and unblocks it once its handler is in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         self.processes[worker], self.device_of[worker] = process, device
         return worker
 
