@@ -1,59 +1,126 @@
 """Which run translates a slide: a claim file beside its output, created exclusively.
 
-Runs that share an output folder — processes of one machine, or nodes mounting it over NFS,
-Lustre or GPFS — divide the slides between them by claiming each before translating it. A claim
-is ``.NAME.claim`` beside the output ``NAME``, created with ``O_CREAT | O_EXCL``: atomic on all of
-these file systems, where ``flock`` often is not (Lustre and GPFS mounts may lack it). It holds
-the claimant's host, boot, pid and a token; while the claim is held a thread touches it every
-``HEARTBEAT`` seconds. A claim is stale, and is taken over, when its run is provably dead (same
-host and boot, no such process) or its heartbeat stopped ``STALE_AFTER`` seconds ago (a run on
-another node; node clocks agree, as munge and Slurm themselves require). A run that finds its
-claim taken over (it was stopped for minutes, say) drops its slide: publishing never replaces a
-file anyway, so at worst work is lost, never an output.
+Runs that share an output folder — processes of one machine, containers, or nodes mounting it
+over NFS, Lustre or GPFS — divide the slides between them by claiming each before translating
+it. A claim is ``.NAME.claim`` beside the output ``NAME``, created with ``O_CREAT | O_EXCL``:
+atomic on all of these file systems, where ``flock`` often is not (Lustre and GPFS mounts may
+lack it). It holds the claimant's host, boot, pid namespace, pid, a token and when its run
+began; while the claim is held a thread touches it every ``HEARTBEAT`` seconds.
+
+A claim is stale, and is taken over, when its run is provably dead (same host, boot and pid
+namespace — where its pid means this machine's process — and no such process) or its heartbeat
+stopped ``STALE_AFTER`` seconds ago (a run on another node or in another container, or one
+stopped for minutes; node clocks agree, as munge and Slurm themselves require). A run that
+finds its claim taken over drops its slide, which the run that took it over translates:
+publishing never replaces a file anyway, so at worst work is done twice, never lost.
+
+Claims dn cannot use — not a regular file, one it cannot remove when stale (another user's in a
+sticky folder, an immutable file), one dated in the future — are named, with what to do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import socket
+import stat
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from dn_cli.outputs import hidden_name, writing_beside
+from dn_cli.errors import DnError, OutputError
+from dn_cli.outputs import hidden_name, os_reason, writing_beside
 
 HEARTBEAT = 10.0
 STALE_AFTER = 120.0
+MOST_READ = 1 << 16  # a claim is a line of JSON; more is not one of ours
 
 
-def _boot() -> str:
+def _read_link(path: str) -> str:
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return Path(path).read_text().strip() if path.endswith("boot_id") else os.readlink(path)
     except OSError:
         return ""  # not Linux: a process is then judged by its heartbeat alone
 
 
-HOST, BOOT = socket.gethostname(), _boot()
+# What makes a pid meaningful: the machine, its boot, and the pid namespace (a container, unshare).
+HOST, BOOT, PID_NAMESPACE = (
+    socket.gethostname(),
+    _read_link("/proc/sys/kernel/random/boot_id"),
+    _read_link("/proc/self/ns/pid"),
+)
+
+
+class ClaimHeld(DnError):
+    """A live run holds the claim (the message says more when there is more to say)."""
+
+
+class ClaimLost(DnError):
+    """Another run took this run's claim over (this one was stopped too long) and translates the slide."""
 
 
 def claim_path(final: Path) -> Path:
     return final.with_name(hidden_name(final) + "claim")
 
 
-def _read(path: Path) -> tuple[dict, float] | None:
-    """(what the claim says, its last heartbeat) or None if there is no claim."""
+@dataclass(frozen=True)
+class Found:
+    """A claim as found on disk."""
+
+    path: Path
+    holder: dict  # what it says: {} if it cannot be read or is not a claim's JSON
+    heartbeat: float  # its modification time
+    owner: int  # its owner's uid
+    kind: str | None  # None for a regular file; else what it is (a directory, a FIFO...)
+
+    def whose(self) -> str:
+        """``of user ana, run 4711 on node-7``, as far as it is known."""
+        try:
+            user = pwd.getpwuid(self.owner).pw_name
+        except KeyError:
+            user = f"uid {self.owner}"
+        run = f", run {self.holder['pid']} on {self.holder.get('host', '?')}" if "pid" in self.holder else ""
+        return f"of user {user}{run}"
+
+    def ahead(self) -> float:
+        """Seconds its heartbeat is dated ahead of this machine's clock (0 if it is not)."""
+        return max(0.0, self.heartbeat - time.time())
+
+
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFLNK: "a link", stat.S_IFSOCK: "a socket"}
+
+
+def _read(path: Path) -> Found | None:
+    """The claim at ``path``, or None if there is none. Never blocks: a FIFO is opened without
+    waiting for a writer and not read."""
     try:
-        heartbeat = path.stat().st_mtime
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
+    except OSError:  # a link, or a file this user may not read: judged by what lstat says
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return None
+        return Found(path, {}, info.st_mtime, info.st_uid, _kind(info.st_mode))
     try:
-        holder = json.loads(text)
-    except ValueError:
-        holder = {}  # being written (created, not yet filled), or foreign: judged by its age
-    return (holder if isinstance(holder, dict) else {}), heartbeat
+        info = os.fstat(fd)
+        kind = _kind(info.st_mode)
+        data = os.read(fd, MOST_READ) if kind is None else b""
+    finally:
+        os.close(fd)
+    try:
+        holder = json.loads(data.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError too: random bytes, or created and not yet filled
+        holder = {}
+    return Found(path, holder if isinstance(holder, dict) else {}, info.st_mtime, info.st_uid, kind)
+
+
+def _kind(mode: int) -> str | None:
+    return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def _alive(pid: object) -> bool:
@@ -68,10 +135,17 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def is_stale(holder: dict, heartbeat: float) -> bool:
-    """Whether the run that wrote a claim is gone: dead on this machine, or silent too long."""
-    here = holder.get("host") == HOST and holder.get("boot") == BOOT
-    return (here and not _alive(holder.get("pid"))) or time.time() - heartbeat > STALE_AFTER
+def _here(holder: dict) -> bool:
+    """Whether the claim's pid names a process this one can see: same host, boot and pid namespace."""
+    mine = {"host": HOST, "boot": BOOT, "pid_namespace": PID_NAMESPACE}
+    return bool(BOOT and PID_NAMESPACE) and all(holder.get(key) == value for key, value in mine.items())
+
+
+def is_stale(found: Found) -> bool:
+    """Whether the run that wrote a claim is gone: dead here, or silent too long."""
+    return (_here(found.holder) and not _alive(found.holder.get("pid"))) or (
+        time.time() - found.heartbeat > STALE_AFTER
+    )
 
 
 def holder_of(final: Path) -> dict | None:
@@ -80,7 +154,19 @@ def holder_of(final: Path) -> dict | None:
         found = _read(claim_path(final))
     except OSError:  # a path the file system cannot hold (refused where it would be written)
         return None
-    return None if found is None or is_stale(*found) else found[0]
+    return None if found is None or is_stale(found) else found.holder
+
+
+def runs_started(folder: Path) -> list[float]:
+    """When the runs holding live claims in ``folder`` began (their claims say)."""
+    starts = []
+    for path in folder.glob(".*.claim") if folder.is_dir() else []:
+        found = _read(path)
+        if found is not None and found.kind is None and not is_stale(found):
+            run = found.holder.get("run")
+            if isinstance(run, (int, float)):
+                starts.append(float(run))
+    return starts
 
 
 class Claim:
@@ -95,7 +181,7 @@ class Claim:
 
     def _ours(self) -> bool:
         found = _read(self.path)
-        return found is not None and found[0].get("token") == self.token
+        return found is not None and found.holder.get("token") == self.token
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT):
@@ -106,6 +192,16 @@ class Claim:
                 os.utime(self.path)
             except OSError:
                 pass  # a file server's hiccup: the next beat tries again
+
+    def confirm(self) -> None:
+        """Raise :class:`ClaimLost` unless the claim is still ours (read now, not at the last beat)."""
+        try:
+            ours = self._ours()
+        except OSError:
+            ours = True  # unreadable for a moment: the file server's, not another run's doing
+        if self.lost or not ours:
+            self.lost = True
+            raise ClaimLost()
 
     def release(self) -> None:
         """Stop the heartbeat and remove the claim, if it is still ours."""
@@ -124,8 +220,14 @@ class Claim:
         self.release()
 
 
-def claim(final: Path) -> Claim | None:
-    """Claim ``final`` for this run, taking over a stale claim; None if a live run holds it."""
+def claim(final: Path, run_started: float | None = None) -> Claim:
+    """Claim ``final`` for this run (which began at ``run_started``), taking over a stale claim.
+
+    Raises:
+        ClaimHeld: a live run holds it.
+        OutputError: a claim that is no claim, or stale and cannot be removed; or one that
+            cannot be written (a full disk): named, with what to do.
+    """
     path = claim_path(final)
     for _ in range(3):  # a stale claim removed, then a race for the new one
         try:
@@ -133,14 +235,60 @@ def claim(final: Path) -> Claim | None:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             found = _read(path)
-            if found is not None and not is_stale(*found):
-                return None
-            if found is not None and _read(path) == found:  # still the stale one: not a new claim since
-                path.unlink(missing_ok=True)
+            if found is not None:
+                _take_over(found)
             continue
         token = secrets.token_hex(8)
-        holder = {"host": HOST, "boot": BOOT, "pid": os.getpid(), "token": token, "since": time.time()}
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(holder, f)
+        holder = {
+            "host": HOST,
+            "boot": BOOT,
+            "pid_namespace": PID_NAMESPACE,
+            "pid": os.getpid(),
+            "token": token,
+            "since": time.time(),
+            "run": run_started,
+        }
+        _fill(fd, path, json.dumps(holder).encode())
         return Claim(path, token)
-    return None
+    raise ClaimHeld("")
+
+
+def _take_over(found: Found) -> None:
+    """Remove the stale claim ``found`` (if it is still the one judged stale); raise if it is live
+    or cannot be removed."""
+    if found.kind is not None:
+        raise OutputError(f"{found.path} is {found.kind}, not a claim dn wrote: remove it to translate this slide")
+    if not is_stale(found):
+        skew = found.ahead()
+        if skew > HEARTBEAT:  # its run may be dead: it still holds the slide until its date has passed
+            raise ClaimHeld(
+                f"its claim {found.path.name} is dated {skew:.0f} s ahead of this machine's clock (a clock "
+                f"ahead on {found.holder.get('host', 'another node')}?): it holds the slide until "
+                f"{STALE_AFTER:.0f} s after that"
+            )
+        raise ClaimHeld("")
+    if _read(found.path) != found:
+        return  # claimed again since it was judged: judged anew
+    try:
+        found.path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise OutputError(
+            f"{found.path}: a stale claim {found.whose()} that dn cannot remove ({os_reason(e)}): "
+            "remove it, or ask its owner to"
+        ) from e
+
+
+def _fill(fd: int, path: Path, data: bytes) -> None:
+    """Write a new claim's content; a claim that cannot be filled (a full disk) is removed, as
+    an empty one would hold its slide from every run."""
+    try:
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise OutputError(f"cannot claim a slide in {path.parent}: {os_reason(e)}") from e

@@ -11,8 +11,9 @@ from dn_cli.errors import DnError
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-def select_device(spec: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; explicit choices must exist."""
+def select_device(spec: str = "auto", option: str = "--device") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; explicit choices must exist. ``option``:
+    what the user gave it as, for the messages."""
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -25,11 +26,11 @@ def select_device(spec: str = "auto") -> torch.device:
         raise DnError(f"unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)") from e
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DnError(f"--device {spec}: no CUDA device is available")
+            raise DnError(f"{option} {spec}: no CUDA device is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DnError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise DnError(f"{option} {spec}: only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise DnError("--device mps: Apple MPS is not available")
+        raise DnError(f"{option} mps: Apple MPS is not available")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise DnError(f"unsupported device {spec!r} (use auto, cpu, cuda, cuda:N or mps)")
     return device

@@ -67,9 +67,9 @@ def choose_resolution(
             )
         wanted = mpp / base_mpp
         if wanted < 1 / MAX_UPSAMPLING:
-            width, height = (n / wanted for n in size)
+            width, height = (pixels(n / wanted) for n in size)
             raise InputError(
-                f"--mpp {mpp:g} would enlarge {name} {1 / wanted:.3g}× to {width:,.0f} × {height:,.0f} pixels: "
+                f"--mpp {mpp:g} would enlarge {name} {1 / wanted:.3g}× to {width} × {height} pixels: "
                 f"--allow-upsampling goes to {MAX_UPSAMPLING}× at most (--mpp {base_mpp / MAX_UPSAMPLING:g})"
             )
         level = max((i for i, d in enumerate(downsamples) if d <= wanted * (1 + 1e-9)), default=0)
@@ -85,3 +85,8 @@ def choose_resolution(
         coarsest = f"--mpp {base_mpp * min(size):g}" if mpp else "a finer level"
         raise InputError(f"{name} would be {width} × {height} pixels at this scale: use {coarsest} at most")
     return Resolution(level, scale, downsample, base_mpp * downsample if base_mpp else None, width, height)
+
+
+def pixels(count: float) -> str:
+    """A pixel count as people read it: ``256,000``, or ``2.6e+18`` past what digits help with."""
+    return f"{count:,.0f}" if count < 1e12 else f"{count:.2g}"

@@ -28,6 +28,7 @@ from dn_cli.output_stage import OutputStage
 from dn_cli.policies import FLAT_STD, POLICIES, Policy, collects, glass_colour, is_flat, uses_thumbnail, weighting
 from dn_cli.prefetch import TileReader
 from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
+from dn_cli.stopping import Stop
 
 
 class TileRunner:
@@ -60,7 +61,7 @@ class TileRunner:
         compiles again either. A model that fails to compile runs eagerly from then on, after one
         ``warn``. ``backend``: torch.compile's (inductor generates kernels; the tests also use
         lighter ones)."""
-        keep_kernels_on_disk()
+        keep_kernels_on_disk(warn)
         self.eager, self.warn = (self.module, self.collecting), warn
         for layer in self.layers:
             layer.fused = True
@@ -114,7 +115,8 @@ class TileRunner:
         collecting = dense_pass.kind == "collect"
         with torch.inference_mode(), autocast(self.device, self.dtype), self.scope.running(dense_pass):
             try:
-                y = self._call(collecting, x)
+                with Stop.interruptible():  # Ctrl-C, kill, Slurm's SIGTERM: within a layer, not a batch
+                    y = self._call(collecting, x)
             except Exception as e:  # the model's own failure, named; memory is _run's to handle
                 if too_big(e):
                     raise

@@ -5,12 +5,14 @@ through such a callback), where the exception is printed and dropped, and the si
 while a slide is being made the handler only notes the request, and the places where the main
 thread waits or reports raise it — the slide's progress at each batch, the TIFF writer while it
 is behind or finishing the pyramid — unwinding from a plain Python frame; outside a slide the
-handler raises at once.
+handler raises at once, and so it does inside the model's forward (:meth:`Stop.interruptible`),
+which is Python and torch only and can run for many seconds on a CPU (or while it compiles).
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
 
 
@@ -30,6 +32,21 @@ class Stop:
         """Raise KeyboardInterrupt if a stop was asked for (at a point where unwinding is safe)."""
         if cls.asked:
             raise KeyboardInterrupt
+
+    @classmethod
+    @contextmanager
+    def interruptible(cls):
+        """Within (in the main thread, where signal handlers run): a stop raises at once, even while
+        a slide is made. For code that no C library calls back into, so no exception is lost."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # the main thread may be in such a callback meanwhile
+            return
+        busy, cls.busy = cls.busy, False
+        try:
+            cls.check()
+            yield
+        finally:
+            cls.busy = busy
 
     @classmethod
     @contextmanager

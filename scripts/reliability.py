@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -38,6 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from dn_cli import claims  # noqa: E402
 from dn_cli.models.resnet import ResnetGenerator  # noqa: E402
 from dn_cli.native_paths import printable  # noqa: E402
 
@@ -249,6 +251,80 @@ def stack(d: Path) -> None:
     tifffile.imwrite(d / "stack.tif", np.stack([tissue()[:64, :64]] * 3), photometric="rgb")
 
 
+# Third trial (issue 24): claims another run left, or that are no claims.
+def claim_file(age: float = 0, content: bytes | None = None, **holder):
+    """``out/.in.tif.claim`` as another run left it, its heartbeat ``age`` seconds old (negative:
+    dated in the future)."""
+
+    def make(d: Path) -> None:
+        path = claims.claim_path(d / "out" / "in.tif")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if content is not None else json.dumps({"token": "theirs", **holder}).encode())
+        os.utime(path, (time.time() - age,) * 2)
+
+    return make
+
+
+def dead_pid() -> int:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return ended.pid
+
+
+def other_namespace_claim(d: Path) -> None:
+    """A live run in another container on this host: its pid is no process of this namespace."""
+    here = {"host": claims.HOST, "boot": claims.BOOT, "pid_namespace": "pid:[4026531000]", "pid": dead_pid()}
+    claim_file(**here)(d)
+
+
+def claim_not_a_file(kind: str):
+    def make(d: Path) -> None:
+        path = claims.claim_path(d / "out" / "in.tif")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path) if kind == "fifo" else path.mkdir()
+
+    return make
+
+
+def immutable_stale_claim(d: Path) -> None:
+    claim_file(age=claims.STALE_AFTER + 1, host="node-7", pid=4711)(d)
+    subprocess.run(["chattr", "+i", str(claims.claim_path(d / "out" / "in.tif"))], check=True)
+
+
+def mutable_again(d: Path) -> None:
+    subprocess.run(["chattr", "-i", str(claims.claim_path(d / "out" / "in.tif"))], check=False)
+
+
+def full_disk(d: Path) -> None:
+    """``disk/``: a 2 MB file system (tmpfs, as root) with every block taken."""
+    (d / "disk").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d / "disk")], check=True)
+    (d / "disk" / "out").mkdir()
+    with open(d / "disk" / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def unmount(d: Path) -> None:
+    subprocess.run(["umount", "-l", str(d / "disk")], check=False)
+
+
+def published_meanwhile(*args: str):
+    """``out/in.tif`` made by ``dn translate in.png -o out ARGS``, dated as if published by a run
+    that started after this one."""
+
+    def make(d: Path) -> None:
+        subprocess.run(dn("translate", "in.png", "-o", "out", "-q", *args), cwd=d, check=True)
+        later = time.time() + 60
+        os.utime(d / "out" / "in.tif", (later, later))
+
+    return make
+
+
 @dataclass
 class Case:
     name: str
@@ -262,6 +338,7 @@ class Case:
     signal: int = signal.SIGINT
     fragment: str = ""  # the message must contain it
     stdout_lines: int | None = None  # how many lines stdout must have (--json, --dry-run)
+    cleanup: list = field(default_factory=list)  # undo what a setup did outside the folder's files
 
 
 M = ["--model", "model.pth", "-q"]
@@ -466,7 +543,7 @@ CASES = [
         "--mpp 1e-300 --allow-upsampling",
         ["slide.tif", "-o", "o.tif", "--mpp", "1e-300", "--allow-upsampling", *M],
         False,
-        fragment="4× at most",
+        fragment="to 2.6e+302 × 2.6e+302 pixels",
     ),
     # Resources
     Case(
@@ -564,6 +641,76 @@ CASES = [
         ["o.tif"],
         fragment="only the first is translated",
     ),
+    # Third trial (issue 24): slides never made, claims that trap a folder
+    Case(
+        "a live claim from another pid namespace",
+        ["in.png", "-o", "out", "--json", *M],
+        True,
+        [other_namespace_claim],
+        fragment="",
+        stdout_lines=1,
+    ),
+    Case(
+        "a full disk (claim cannot be written)",
+        ["in.png", "-o", "disk/out", *M],
+        False,
+        [full_disk],
+        fragment="cannot claim a slide in disk/out: no space left on device",
+        cleanup=[unmount],
+    ),
+    Case(
+        "another run published it meanwhile, with another model",
+        ["in.png", "-o", "out", "--model", "model.pth", "-q"],
+        True,
+        [published_meanwhile("--model", "model.pth", "--tile-size", "64")],
+        fragment="made meanwhile by another run with other settings (--tile-size 64",
+    ),
+    Case(
+        "another run published it meanwhile, without the preview asked",
+        ["in.png", "-o", "out", "--preview", "out/", *M],
+        True,
+        [published_meanwhile("--model", "model.pth")],
+        ["out/in_preview.png"],
+    ),
+    Case("a claim of random bytes (fresh)", ["in.png", "-o", "out", *M], True, [claim_file(content=bytes(range(256)))]),
+    Case(
+        "a claim of random bytes (old)",
+        ["in.png", "-o", "out", *M],
+        True,
+        [claim_file(age=claims.STALE_AFTER + 1, content=bytes(range(256)))],
+        ["out/in.tif"],
+    ),
+    Case("a claim that is a folder", ["in.png", "-o", "out", *M], False, [claim_not_a_file("folder")], fragment="is a"),
+    Case("a claim that is a FIFO", ["in.png", "-o", "out", *M], False, [claim_not_a_file("fifo")], fragment="a FIFO"),
+    Case(
+        "an immutable stale claim",
+        ["in.png", "-o", "out", *M],
+        False,
+        [immutable_stale_claim],
+        fragment="run 4711 on node-7 that dn cannot remove",
+        cleanup=[mutable_again],
+    ),
+    Case(
+        "a claim dated an hour ahead",
+        ["in.png", "-o", "out", *M],
+        True,
+        [claim_file(age=-3600, host="node-7", pid=4711)],
+        fragment="a clock ahead on node-7?",
+    ),
+    Case("--devices auto", ["in.png", "slide.tif", "-o", "out", "--devices", "auto", *M], True, [], ["out/in.tif"]),
+    Case(
+        "--devices cuda without a GPU, --dry-run",
+        ["in.png", "-o", "out", "--devices", "cuda", "--dry-run", *M],
+        False,
+        fragment="--devices cuda: no CUDA device",
+    ),
+    Case(
+        "find -print0 without -0",
+        ["-", "-o", "out", *M],
+        False,
+        stdin="in.png\0slide.tif\0",
+        fragment="-0 reads them",
+    ),
 ]
 
 
@@ -609,6 +756,8 @@ def run_case(case: Case, folder: Path, timeout: float = TIMEOUT) -> dict:
         stdout, stderr = process.communicate()
         hung = True
     after = snapshot(folder)
+    for step in case.cleanup:
+        step(folder)
     made = sorted(set(after) - set(before))
     changed = sorted(p for p in before if p in after and after[p] != before[p])
     removed = sorted(set(before) - set(after))

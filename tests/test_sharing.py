@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dn_cli import claims
-from dn_cli.claims import claim, claim_path, holder_of
+from dn_cli.claims import ClaimHeld, claim, claim_path, holder_of
 
 from .test_reliability import png
 
@@ -107,7 +107,9 @@ def test_a_killed_runs_slide_is_left_to_the_next_run(tmp_path, tissue, checkpoin
 def test_a_claim_is_exclusive_until_released(tmp_path):
     final = tmp_path / "o.tif"
     with claim(final):
-        assert claim(final) is None and holder_of(final)["pid"] == os.getpid()
+        with pytest.raises(ClaimHeld):
+            claim(final)
+        assert holder_of(final)["pid"] == os.getpid()
     assert not claim_path(final).exists() and holder_of(final) is None
     claim(final).release()
 
@@ -116,7 +118,8 @@ def test_a_silent_claim_from_another_node_is_taken_over_and_a_live_one_kept(tmp_
     final = tmp_path / "o.tif"
     elsewhere = {"host": "node-7", "boot": "x", "pid": 1, "token": "theirs", "since": 0}
     claim_path(final).write_text(json.dumps(elsewhere))
-    assert claim(final) is None  # its heartbeat is fresh: that run lives, on a node we cannot see into
+    with pytest.raises(ClaimHeld):  # its heartbeat is fresh: that run lives, on a node we cannot see into
+        claim(final)
     old = time.time() - claims.STALE_AFTER - 1
     os.utime(claim_path(final), (old, old))  # its heartbeat stopped
     with claim(final) as held:

@@ -77,10 +77,11 @@ def submit(slurm: Cluster, folder: Path, *sbatch: str, args: list[str]) -> str:
 
 
 def records(folder: Path, job: str) -> list[dict]:
-    """Every task's JSON lines, from the logs the job script names (dn-JOB_TASK.log)."""
+    """Every task's JSON lines, from the files the job script names (dn-JOB_TASK.jsonl): nothing
+    else is in them, as jq needs (the messages go to dn-JOB_TASK.log)."""
     lines = []
-    for log in sorted(folder.glob(f"dn-{job}_*.log")):
-        lines += [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    for log in sorted(folder.glob(f"dn-{job}_*.jsonl")):
+        lines += [json.loads(line) for line in log.read_text().splitlines()]
     return lines
 
 

@@ -38,3 +38,40 @@ def test_a_signal_at_the_end_of_a_slide_stops_before_the_next():
             for _ in range(10**6):
                 pass
     assert signal.getsignal(signal.SIGTERM) is not Stop.handle  # the handlers are restored
+
+
+def test_only_the_first_signal_raises():
+    """A second signal (the parent's SIGTERM after a terminal's Ctrl-C) must not break into the
+    unwinding the first started."""
+    unwound = []
+    with stopped_by_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10**6):
+                pass
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**6):
+                pass
+            unwound.append("cleaned up")
+    assert unwound == ["cleaned up"]
+
+
+def test_each_run_starts_without_the_last_ones_stop():
+    with stopped_by_signals(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10**6):
+            pass
+    with stopped_by_signals(), Stop.making_a_slide():  # a stop asked of the run before is not this one's
+        Stop.check()
+
+
+def test_inside_the_models_forward_a_signal_raises_at_once():
+    reached = []
+    with stopped_by_signals(), pytest.raises(KeyboardInterrupt), Stop.making_a_slide():
+        with Stop.interruptible():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**6):
+                pass
+            reached.append("after the signal")
+    assert reached == []

@@ -20,8 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dn_cli.batch import Job
-from dn_cli.claims import Claim, claim
-from dn_cli.errors import DnError, OutputError, plural, reason
+from dn_cli.claims import Claim, ClaimHeld, ClaimLost, claim, runs_started
+from dn_cli.errors import OutputError, plural, reason
 from dn_cli.geometry import TileGrid, fit_grid
 from dn_cli.image_io import image_description, open_sink, save_picture, thumbnail_file
 from dn_cli.images import ImageSource
@@ -90,6 +90,26 @@ class Settings:
     ome: bool
     quiet: bool
 
+    def options(self) -> dict:
+        """The options that decide an output's pixels and bytes, as its provenance records them."""
+        return {name: getattr(self, name) for name in OPTIONS}
+
+
+# Settings that decide what an output holds, and the options that give them: an output made with
+# other values is not taken for this run's.
+OPTIONS = {
+    "level": "--level",
+    "mpp": "--mpp",
+    "mpp_override": "--mpp-override",
+    "policy": "--norm",
+    "tile_size": "--tile-size",
+    "margin": "--margin",
+    "tissue": "--tissue",
+    "min_tissue": "--min-tissue",
+    "compression": "--compression",
+    "quality": "--quality",
+}
+
 
 def recorded_provenance(job: Job) -> dict | None:
     """The provenance of an existing output: its record, or its TIFF's description; None if dn did
@@ -127,10 +147,6 @@ BEING_TRANSLATED = "another dn run is translating it"
 DONE_ELSEWHERE = "done by another run"
 
 
-class ClaimLost(DnError):
-    """Another run took this run's claim over (this one was stopped too long) and translates the slide."""
-
-
 def translate_one(
     job: Job,
     runner: TileRunner,
@@ -145,15 +161,19 @@ def translate_one(
     done or is doing it; returns what was done, for --json. ``started``: when this run began."""
     if (skipped := nothing_to_make(job, s, overwrite, started)) is not None:
         return skipped
-    held = claim(job.output)
-    if held is None:
-        return {"status": "skipped", "reason": BEING_TRANSLATED}
     try:
-        if any([clear_stale_partials(path, started) for path in job.files]):  # every one cleared, hence the list
-            return {"status": "skipped", "reason": BEING_TRANSLATED}  # a live temporary without a claim
+        held = claim(job.output, started)
+    except ClaimHeld as e:
+        return {"status": "skipped", "reason": BEING_TRANSLATED + (f" ({e})" if str(e) else "")}
+    try:
+        for path in job.files:
+            # A live run's temporary stays (its claim, stale, was taken over: it drops the slide
+            # when it finds that out, and this run makes it).
+            clear_stale_partials(path, started)
         if (skipped := nothing_to_make(job, s, overwrite, started)) is not None:  # finished before our claim
             return skipped
-        todo, record = files_to_make(job, overwrite)
+        beside = made_beside(job, s, overwrite, started)
+        todo, record = files_to_make(job, overwrite and not beside)
         return make_files(job, todo, record, runner, s, label, overwrite=overwrite, held=held, bar=bar)
     except ClaimLost:
         return {"status": "skipped", "reason": f"{DONE_ELSEWHERE} (this one stalled and its claim was taken over)"}
@@ -161,25 +181,48 @@ def translate_one(
         held.release()
 
 
+def made_beside(job: Job, s: Settings, overwrite: bool, started: float) -> bool:
+    """Whether ``job``'s output was published by a run working beside this one: while this run
+    ran, or — with --overwrite, which replaces what existed before — since a run still sharing the
+    folder began, with this run's model and settings (runs started at different times replace
+    each old output once between them, not once each)."""
+    try:
+        published = job.output.stat().st_mtime
+    except OSError:
+        return False
+    if published >= started:
+        return True
+    return overwrite and published >= min([started, *runs_started(job.output.parent)]) and not differences(job, s)
+
+
 def nothing_to_make(job: Job, s: Settings, overwrite: bool, started: float) -> dict | None:
     """What a job with nothing left to make was skipped for, or None if there is something to make."""
-    try:
-        if job.output.stat().st_mtime >= started:  # published while this run ran: not this run's
-            return {"status": "skipped", "reason": DONE_ELSEWHERE}
-    except OSError:
-        pass  # not there (yet)
-    todo, _ = files_to_make(job, overwrite)
-    if todo:
+    beside = made_beside(job, s, overwrite, started)
+    todo, _ = files_to_make(job, overwrite and not beside)
+    if todo:  # with another run's output: the pictures it was not asked for
         return None
-    made_with = (recorded_provenance(job) or {}).get("model_sha256")
-    if made_with not in (None, s.model_sha256):  # a rerun with a new model must not pass for done
-        click.echo(
-            f"dn: warning: {job.output} was made with another model (sha256 {made_with[:12]}…, "
-            f"not {s.model_path.name}): kept; --overwrite replaces it",
-            err=True,
-        )
-        return {"status": "skipped", "reason": "exists, made with another model"}
-    return {"status": "skipped", "reason": "exists"}
+    if differs := differences(job, s):  # a rerun, or another run, with other settings must not pass for done
+        when = " meanwhile by another run" if beside else ""
+        click.echo(f"dn: warning: {job.output} was made{when} with {differs}: kept; --overwrite replaces it", err=True)
+        what = "another model" if differs.startswith("another model") else "other settings"
+        reason = f"made meanwhile by another run, with {what}" if beside else f"exists, made with {what}"
+        return {"status": "skipped", "reason": reason}
+    return {"status": "skipped", "reason": DONE_ELSEWHERE if beside else "exists"}
+
+
+def differences(job: Job, s: Settings) -> str:
+    """How the existing output of ``job`` was made otherwise than this run would make it (its
+    model, then the options that differ), or "" if alike or unknown."""
+    record = recorded_provenance(job) or {}
+    made_with = record.get("model_sha256")
+    if made_with not in (None, s.model_sha256):
+        return f"another model (sha256 {made_with[:12]}…, not {s.model_path.name})"
+    recorded = record.get("options")
+    if not isinstance(recorded, dict):
+        return ""  # made before dn recorded its options: the model is all that can be compared
+    mine = s.options()
+    differ = [f"{flag} {recorded.get(name)}" for name, flag in OPTIONS.items() if recorded.get(name) != mine[name]]
+    return f"other settings ({', '.join(differ)}, not this run's)" if differ else ""
 
 
 def make_files(
@@ -219,6 +262,7 @@ def make_files(
                     "device": runner.device.type,
                     "precision": runner.precision,
                     "compiled": runner.compiled,  # within a grey level of eager, not bit for bit
+                    "options": s.options(),  # what a later run compares its own with
                 }
                 record = provenance(job.source, s.model_path, s.model_sha256, s.family, settings)
                 translate_into(parts[job.output], source, runner, s, record, grid, active, bar(label, s.quiet), held)
@@ -233,8 +277,7 @@ def make_files(
                     save_picture(side_by_side(before, after, mask), parts[job.preview].path, name=job.preview.name)
                 except Exception as e:  # a picture must not cost the translation: that is published
                     preview_failed = e
-        if held.lost:
-            raise ClaimLost()
+        held.confirm()  # read now: a run that was stopped may not have heard yet
         for path in todo:  # the output first: linking it claims the name
             if not (path == job.preview and preview_failed):
                 parts[path].publish(overwrite=overwrite)
@@ -356,7 +399,7 @@ def attempt(
         if one_file and record["status"] == "skipped":
             if record["reason"].startswith("exists"):
                 raise OutputError(f"{job.output} exists (use --overwrite to replace it)")
-            if record["reason"] == BEING_TRANSLATED:
+            if record["reason"].startswith(BEING_TRANSLATED):
                 raise OutputError(f"{job.output} is being written by another dn run")
     except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
         if one_file or debug:
@@ -410,9 +453,10 @@ def run_jobs(
     fail_fast: bool,
     as_json: bool,
     debug: bool,
+    started: float,
 ) -> list[str]:
-    """Translate every job; in a batch each fails alone. Returns the failed names."""
-    started = time.time()  # outputs newer than this are other runs'; unlocked temporaries older, dead runs'
+    """Translate every job; in a batch each fails alone. Returns the failed names. ``started``: when
+    the run began (outputs newer are other runs'; unlocked temporaries older, dead runs')."""
     tally = Tally(len(jobs), as_json, settings.quiet)
     for number, job in enumerate(jobs, 1):
         if tally.failed and fail_fast:

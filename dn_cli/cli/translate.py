@@ -46,6 +46,8 @@ def read_inputs(inputs: tuple[Path, ...], null: bool = False) -> list[Path]:
         if is_closed("stdin") or sys.stdin is None:
             raise click.UsageError("- reads paths from stdin, but stdin is closed")
         data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        if b"\0" in data and not null:
+            raise click.UsageError("the paths on stdin are ended by NUL bytes (find -print0): -0 reads them")
         names = data.split(b"\0") if null else [line.strip() for line in data.splitlines()]
         paths += [Path(os.fsdecode(name)) for name in names if name]
     return paths
@@ -243,16 +245,23 @@ def translate(
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Translate INPUT images or slides with a generator, tile by tile, without tiling artifacts.
+    """Translate INPUT images or slides with a generator, tile by tile, with Dense Normalization.
+
+    Measured on the demo model, tile borders score 1.03 on the seam score where the untiled model
+    scores 1.00 and per-tile InstanceNorm 1.74 (1.0: no visible seam; docs/quality.md).
 
     INPUT may be files, folders (searched for slides and images), or - to read paths from stdin.
     """
+    started = time.time()  # before the model loads: what other runs publish from now on is theirs
     if level is not None and mpp is not None:
         raise click.UsageError("--level and --mpp choose the same thing: give one")
     if tissue_mask is not None and tissue is False:
         raise click.UsageError("--tissue-mask draws the tissue detection that --no-tissue turns off: give one")
     if as_json and is_closed("stdout"):
         raise click.UsageError("--json writes to stdout, but stdout is closed")
+    if devices_spec is not None and ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--device and --devices choose the same thing: give one")
+    devices = parse_devices(devices_spec) if devices_spec is not None else [device]  # checked for --dry-run too
     paths = read_inputs(inputs, null)
     for path in [*paths, output, preview, tissue_mask]:
         if path is not None and (reason := too_long(path)):
@@ -308,9 +317,6 @@ def translate(
             )
         return
 
-    if devices_spec is not None and ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE:
-        raise click.UsageError("--device and --devices choose the same thing: give one")
-    devices = parse_devices(devices_spec) if devices_spec is not None else [device]
     torch_device = select_device(devices[0])
     dtype = autocast_dtype(precision, torch_device)
     if dtype is not None and torch_device.type == "cpu":
@@ -352,7 +358,7 @@ def translate(
             settings,
             jobs,
             overwrite,
-            started=time.time(),
+            started=started,
             threads=max(1, (os.cpu_count() or 1) // max(1, cpu_workers)),
         )
         failed = Dealer(shared, devices, fail_fast=fail_fast, as_json=as_json).run()
@@ -369,6 +375,7 @@ def translate(
             fail_fast=fail_fast,
             as_json=as_json,
             debug=ctx.meta.get("dn.debug", False),
+            started=started,
         )
     if failed:
         ctx.exit(1)

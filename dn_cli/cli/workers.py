@@ -5,14 +5,18 @@ another has a queue. Each worker runs exactly what a single-device run does for 
 (``jobs.attempt``, with its claim), so outputs are the same pixels. The parent prints every
 line, one progress bar and the summary. A worker that dies (a decoder's crash on a bad slide,
 the kernel's OOM killer) costs its slide only: that slide is failed, a new worker takes its
-place. Ctrl-C or ``kill`` stops every worker, each removing what it was writing.
+place (each worker's place has its own restarts). Ctrl-C or ``kill`` stops every worker, each
+removing what it was writing; a worker whose parent dies (``kill -9``) stops itself the same way.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +36,13 @@ from dn_cli.outputs import clear_stale_partials
 from dn_cli.pipeline import TileRunner
 from dn_cli.stopping import Stop
 
-RESTARTS = 3  # workers started again on one device after crashes, before it is given up
+RESTARTS = 3  # workers started again in one place after crashes, before the place is given up
 POLL = 0.2  # seconds between looks at the workers while no message comes
 
 
 def parse_devices(spec: str) -> list[str]:
-    """``cuda:0,cuda:1``, ``cpu,cpu`` or ``all`` (every CUDA device) → device names, each checked."""
+    """``cuda:0,cuda:1``, ``cpu,cpu``, ``auto`` (as ``--device auto`` chooses) or ``all`` (every CUDA
+    device) → device names, each checked."""
     if spec.strip() == "all":
         if not torch.cuda.is_available():
             raise DnError("--devices all: no CUDA device is available (on CPUs give e.g. --devices cpu,cpu)")
@@ -45,9 +50,7 @@ def parse_devices(spec: str) -> list[str]:
     names = [part.strip() for part in spec.split(",") if part.strip()]
     if not names:
         raise DnError(f"--devices {spec!r}: give devices, e.g. cuda:0,cuda:1 or all")
-    for name in names:
-        select_device(name)
-    return names
+    return [str(select_device(name, option="--devices")) for name in names]
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,28 @@ class QueueBar:
         pass
 
 
+def stop_when_orphaned() -> None:
+    """SIGTERM to this worker when its parent dies: a parent killed with ``kill -9`` cannot stop it,
+    and an orphan would hold its device (and on a GPU its memory) for ever."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # ready once the parent has gone
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dn-parent-watch", daemon=True).start()
+
+
 def work(worker: int, device: str, shared: Shared, inbox, outbox) -> None:
     """A worker process: loads the model on ``device``, then translates the slides it is dealt."""
+    outbox.cancel_join_thread()  # an orphan must not wait at exit for a parent to read its messages
     try:
         signal.signal(signal.SIGINT, Stop.handle)  # a terminal's Ctrl-C reaches workers too
         signal.signal(signal.SIGTERM, Stop.handle)  # the parent's way to stop them
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while it started: see Pool.start
+        stop_when_orphaned()
         torch_device = torch.device(device)
         if torch_device.type == "cpu":
             torch.set_num_threads(shared.threads)
@@ -118,7 +137,8 @@ def work(worker: int, device: str, shared: Shared, inbox, outbox) -> None:
 
 
 class Pool:
-    """The worker processes, one per device, started (and started again) by the parent."""
+    """The worker processes, one per place in ``devices`` (a device given twice has two places),
+    started (and started again) by the parent."""
 
     def __init__(self, devices: list[str], shared: Shared) -> None:
         self.context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
@@ -126,11 +146,16 @@ class Pool:
         self.outbox = self.context.Queue()
         self.processes: dict[int, multiprocessing.Process] = {}
         self.inboxes: dict[int, object] = {}
-        self.device_of: dict[int, str] = {}
-        self.crashes = dict.fromkeys(devices, 0)
+        self.place_of: dict[int, int] = {}  # worker → its place in ``devices``
+        self.crashes = [0] * len(devices)  # per place: two workers on one device are told apart
 
-    def start(self, device: str) -> int:
-        worker = len(self.device_of)
+    def name(self, worker: int) -> str:
+        """``worker 2/2 on cpu (pid 4711)``: which of the workers, as ``ps`` and the kernel's log show it."""
+        place = self.place_of[worker]
+        return f"worker {place + 1}/{len(self.devices)} on {self.devices[place]} (pid {self.processes[worker].pid})"
+
+    def start(self, place: int) -> int:
+        worker, device = len(self.place_of), self.devices[place]
         self.inboxes[worker] = self.context.SimpleQueue()
         process = self.context.Process(
             target=work, args=(worker, device, self.shared, self.inboxes[worker], self.outbox), name=f"dn-{device}"
@@ -142,7 +167,7 @@ class Pool:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        self.processes[worker], self.device_of[worker] = process, device
+        self.processes[worker], self.place_of[worker] = process, place
         return worker
 
     def stop(self) -> None:
@@ -160,11 +185,13 @@ class Pool:
 
 def tidy(job: Job) -> None:
     """Remove what a dead worker was writing for ``job`` (its claim is stale, so taken over here)."""
-    held = claim(job.output)
-    if held is not None:
-        with held:
-            for path in job.files:
-                clear_stale_partials(path, time.time())
+    try:
+        held = claim(job.output)
+    except DnError:
+        return  # another run holds it now, or the claim is not dn's to remove: left as it is
+    with held:
+        for path in job.files:
+            clear_stale_partials(path, time.time())
 
 
 class Dealer:
@@ -184,8 +211,8 @@ class Dealer:
     def run(self) -> list[str]:
         """Translate every job; returns the failed names."""
         try:
-            for device in self.pool.devices[: len(self.jobs)]:
-                self.holding[self.pool.start(device)] = None
+            for place in range(min(len(self.pool.devices), len(self.jobs))):
+                self.holding[self.pool.start(place)] = None
             while self.holding:
                 try:
                     message = self.pool.outbox.get(timeout=POLL)
@@ -218,9 +245,9 @@ class Dealer:
             self.holding[worker] = None
             self.report(details[1], details[0])
         elif kind == "broken":
-            device = self.pool.device_of[worker]
-            click.echo(f"dn: error: {device}: the model could not be started there: {details[0]}", err=True)
-            self.pool.crashes[device] = RESTARTS  # not started again
+            name = self.pool.name(worker)
+            click.echo(f"dn: error: {name}: the model could not be started there: {details[0]}", err=True)
+            self.pool.crashes[self.pool.place_of[worker]] = RESTARTS  # not started again
 
     def reap(self) -> None:
         """Workers that ended: done, or dead — then their slide failed and a new worker takes over."""
@@ -231,14 +258,14 @@ class Dealer:
             del self.holding[worker]
             if code == 0:
                 continue
-            device = self.pool.device_of[worker]
+            place = self.pool.place_of[worker]
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
             if index is not None:
                 tidy(self.jobs[index])
-                self.report({"status": "failed", "error": f"the worker on {device} died ({how})"}, index)
-            self.pool.crashes[device] += 1
-            if self.pending and self.pool.crashes[device] <= RESTARTS:
-                self.holding[self.pool.start(device)] = None
+                self.report({"status": "failed", "error": f"{self.pool.name(worker)} died ({how})"}, index)
+            self.pool.crashes[place] += 1
+            if self.pending and self.pool.crashes[place] <= RESTARTS:
+                self.holding[self.pool.start(place)] = None
 
     def report(self, outcome: dict, index: int) -> None:
         job = self.jobs[index]
