@@ -13,7 +13,7 @@ import numpy as np
 from dn_cli.dense_norm import Weighting
 from dn_cli.geometry import TileGrid
 from dn_cli.images import ImageSource, read_padded
-from dn_cli.tissue import THRESHOLD_RANGE, saturation
+from dn_cli.moments import ThumbnailMoments
 
 if TYPE_CHECKING:
     from dn_cli.pipeline import TileRunner
@@ -52,26 +52,21 @@ def is_flat(padded_tile: np.ndarray, margin: int, tile_size: int, threshold: flo
 
 
 def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active: np.ndarray) -> np.ndarray:
-    """The model's rendering of empty glass, to fill skipped tiles with.
+    """The model's rendering of the skipped tiles' glass, to fill them with.
 
-    Taken where translated tiles show glass: the median output colour of the glass pixels
-    (unsaturated, bright) in an active tile that borders a skipped one, so filled tiles match the
-    glass around the tissue. A skipped tile's own translation is the fallback: under
-    InstanceNorm a tile of pure glass is amplified noise and comes out darker.
+    One skipped tile (the middle one in raster order: away from a slide's corners and label) is
+    translated with the whole image's moments — as the model run on the whole image normalises
+    glass, and as DN treats near-constant tiles (:func:`is_flat`) — and the median of its output is
+    the fill. Neither its own moments (under InstanceNorm a tile of pure glass is amplified noise)
+    nor a translated neighbour's pale pixels (tissue, normalised with tissue's moments) render
+    glass as the untiled model does.
     """
-    skipped = ~active
-    beside = np.zeros_like(active)
-    beside[1:] |= skipped[:-1]
-    beside[:-1] |= skipped[1:]
-    beside[:, 1:] |= skipped[:, :-1]
-    beside[:, :-1] |= skipped[:, 1:]
-    m, t = grid.margin, grid.tile_size
-    for index in np.flatnonzero(active & beside)[:4]:
-        tile = read_padded(source, grid.padded_box(*grid.position(int(index))))
-        out = runner.apply(tile[None], None, m, t)[0]
-        centre = tile[m : m + t, m : m + t]
-        glass = (saturation(centre) < THRESHOLD_RANGE[1]) & (centre.min(axis=2) > 180)  # unstained and bright
-        if glass.mean() > 0.05:
-            return np.median(out[glass], axis=0).astype(np.uint8)
-    tile = read_padded(source, grid.padded_box(*grid.position(int(np.flatnonzero(skipped)[0]))))
-    return np.median(runner.apply(tile[None], None, m, t).reshape(-1, 3), axis=0).astype(np.uint8)
+    skipped = np.flatnonzero(~active)
+    index = int(skipped[(len(skipped) - 1) // 2])
+    tile = read_padded(source, grid.padded_box(*grid.position(index)))
+    neighbourhood = None
+    if runner.layout.total:
+        image = ThumbnailMoments(runner.layout, runner.image_moments(source, grid.padded_size))
+        neighbourhood = image.gather([index])
+    out = runner.apply(tile[None], neighbourhood, grid.margin, grid.tile_size)
+    return np.median(out.reshape(-1, 3), axis=0).astype(np.uint8)
