@@ -172,8 +172,9 @@ def runs_started(folder: Path) -> list[float]:
 class Claim:
     """A held claim on one output: kept alive by a heartbeat until :meth:`release`."""
 
-    def __init__(self, path: Path, token: str) -> None:
+    def __init__(self, path: Path, token: str, took_over: bool = False) -> None:
         self.path, self.token = path, token
+        self.took_over = took_over  # from a run judged stale, which may yet wake (stopped, not dead)
         self.lost = False  # taken over by another run, which will translate the slide
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="dn-claim", daemon=True)
@@ -229,14 +230,14 @@ def claim(final: Path, run_started: float | None = None) -> Claim:
             cannot be written (a full disk): named, with what to do.
     """
     path = claim_path(final)
+    took_over = False
     for _ in range(3):  # a stale claim removed, then a race for the new one
         try:
             with writing_beside(final):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             found = _read(path)
-            if found is not None:
-                _take_over(found)
+            took_over |= found is not None and _take_over(found)
             continue
         token = secrets.token_hex(8)
         holder = {
@@ -249,13 +250,13 @@ def claim(final: Path, run_started: float | None = None) -> Claim:
             "run": run_started,
         }
         _fill(fd, path, json.dumps(holder).encode())
-        return Claim(path, token)
+        return Claim(path, token, took_over)
     raise ClaimHeld("")
 
 
-def _take_over(found: Found) -> None:
-    """Remove the stale claim ``found`` (if it is still the one judged stale); raise if it is live
-    or cannot be removed."""
+def _take_over(found: Found) -> bool:
+    """Remove the stale claim ``found`` if it is still the one judged stale (True if removed);
+    raise if it is live or cannot be removed."""
     if found.kind is not None:
         raise OutputError(f"{found.path} is {found.kind}, not a claim dn wrote: remove it to translate this slide")
     if not is_stale(found):
@@ -268,16 +269,17 @@ def _take_over(found: Found) -> None:
             )
         raise ClaimHeld("")
     if _read(found.path) != found:
-        return  # claimed again since it was judged: judged anew
+        return False  # claimed again since it was judged: judged anew
     try:
         found.path.unlink()
     except FileNotFoundError:
-        pass
+        return False
     except OSError as e:
         raise OutputError(
             f"{found.path}: a stale claim {found.whose()} that dn cannot remove ({os_reason(e)}): "
             "remove it, or ask its owner to"
         ) from e
+    return True
 
 
 def _fill(fd: int, path: Path, data: bytes) -> None:

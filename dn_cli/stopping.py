@@ -70,3 +70,4 @@ def stopped_by_signals():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        Stop.asked = Stop.busy = False  # a stop is its run's: later work in this process goes on

@@ -139,7 +139,9 @@ def test_real_subprocess(tmp_path, image, checkpoint):
         timeout=300,
     )
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines() == [f"dn: error: {out} exists (use --overwrite to replace it)"]
+    assert failed.stderr.strip().splitlines() == [
+        f"dn: error: {out} exists, made with other settings (--norm kin, --tile-size 64); use --overwrite to replace it"
+    ]
 
 
 def test_the_readme_option_table_is_the_help_and_the_help_reads_well():

@@ -42,12 +42,14 @@ def ragged(tissue):
     return np.ascontiguousarray(tissue[:300, :350])
 
 
-@pytest.mark.parametrize("policy", ["dn", "kin"])
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 5, 7])
 @pytest.mark.parametrize("shape", [(300, 350), (64, 448), (448, 64), (128, 128)])  # ragged, 1 × N, N × 1, 2 × 2
-def test_single_pass_equals_two_pass_oracle(runner, tissue, policy, batch_size, shape):
+def test_the_single_pass_schedule_equals_the_two_pass_one(runner, tissue, batch_size, shape):
+    """The schedule only (moments collected a few rows ahead, a ring of rows, batches across rows):
+    the same layer either way, so what each policy computes is held by the independent reference
+    (test_reference_dn, dn and kin) — here it only must not matter in which order tiles come."""
     image = np.ascontiguousarray(tissue[: shape[0], : shape[1]])
-    options = {"policy": policy, "tile_size": 64, "margin": 16, "batch_size": batch_size}
+    options = {"policy": "dn", "tile_size": 64, "margin": 16, "batch_size": batch_size}
     single = run(image, runner, **options)
     oracle = run(image, runner, **options, two_pass_oracle=True)
     np.testing.assert_array_equal(single, oracle)

@@ -209,7 +209,10 @@ def test_an_output_made_with_other_options_is_said_to_be(tmp_path, tissue, check
     assert dn("translate", tmp_path / "in", "-o", out, "--model", checkpoint, "--tile-size", 32, "-q").exit_code == 0
     again = dn("translate", tmp_path / "in", "-o", out, "--model", checkpoint, "-q", "--json")
     assert json.loads(again.stdout)["reason"] == "exists, made with other settings"
-    assert "other settings (--tile-size 32, not this run's)" in again.stderr
+    assert "was made with other settings (--tile-size 32): kept; --overwrite replaces it" in again.stderr
+    one = dn("translate", tmp_path / "in" / "a.png", "-o", out / "a.tif", "--model", checkpoint, "-q")
+    line = one_error_line(one)
+    assert line.endswith("a.tif exists, made with other settings (--tile-size 32); use --overwrite to replace it")
     published_meanwhile(out / "a.tif")
     meanwhile = dn("translate", tmp_path / "in", "-o", out, "--model", checkpoint, "-q", "--json")
     assert json.loads(meanwhile.stdout)["reason"] == "made meanwhile by another run, with other settings"
@@ -556,3 +559,108 @@ def test_a_dry_run_reports_a_live_claim(tmp_path, tissue):
     with claim(tmp_path / "out" / "a.tif"):
         result = dn("translate", image, "-o", tmp_path / "out", "--dry-run")
     assert result.exit_code == 0 and "skip (another dn run is writing it)" in result.stderr
+
+
+def test_feature_pixels_centred_on_an_edge_count_inside_only_at_its_start():
+    """Four feature pixels over an 8-pixel padded tile are centred at 1, 3, 5 and 7 pixels: a
+    part [3, 8) holds the centre at 3 (its start), a part [0, 5) not the one at 5 (its stop)."""
+    from dn_cli.dense_norm import _centred_in
+
+    parts = torch.tensor([[3, 8], [0, 5], [2, 3], [6, 7]])
+    inside = _centred_in(parts, 4, 8).tolist()
+    assert inside[0] == [False, True, True, True] and inside[1] == [True, True, False, False]
+    # Slivers thinner than a feature pixel hold no centre: the one nearest their middle stands in.
+    assert inside[2] == [False, True, False, False] and inside[3] == [False, False, False, True]
+
+
+def test_a_tile_is_flat_only_if_every_channel_is():
+    from dn_cli.policies import is_flat
+
+    rng = np.random.default_rng(0)
+    tile = np.full((64, 64, 3), 240, np.uint8)
+    assert is_flat(tile, 0, 64)
+    tile[..., 1:] = rng.integers(0, 256, (64, 64, 2))  # red constant, the stain in green and blue
+    assert not is_flat(tile, 0, 64)
+
+
+def test_a_utf8_name_in_a_latin1_folder_is_reached_through_a_link_to_the_folder(tmp_path):
+    """So a slide's companions beside it (an MRXS data folder) stay reachable by their names."""
+    from dn_cli.native_paths import native
+
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    folder.mkdir()
+    (folder / "a.svs").write_bytes(b"slide")
+    path = native(folder / "a.svs")
+    assert os.path.basename(path) == "a.svs" and Path(os.path.dirname(path)).is_symlink()
+    assert os.path.realpath(os.path.dirname(path)) == os.path.realpath(folder)
+
+
+def test_a_tiff_whose_level_ends_one_byte_past_the_file_is_cut(tmp_path):
+    import tifffile
+
+    from dn_cli.tiff_image import incomplete
+
+    path = tmp_path / "levels.tif"
+    tifffile.imwrite(path, np.zeros((256, 256, 3), np.uint8) + 200, tile=(64, 64), photometric="rgb")
+    assert incomplete(path) is None
+    with tifffile.TiffFile(path) as tif:  # its directory first, then the tiles: the last byte is a tile's
+        end = max(o + n for o, n in zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts, strict=True))
+    assert end == path.stat().st_size
+    os.truncate(path, end - 1)
+    assert incomplete(path) == "its 256 × 256 level ends past the end of the file"
+
+
+def test_mpp_override_never_replaces_a_size_a_tiff_records(tmp_path):
+    """Read through tifffile (a TIFF OpenSlide leaves out: stripped, not tiled)."""
+    import tifffile
+
+    from dn_cli.tiff_image import TiffImage
+
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(
+        path, np.zeros((64, 64, 3), np.uint8), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER"
+    )
+    with TiffImage(path, mpp_override=0.25) as image:
+        assert image.mpp == pytest.approx(0.5)
+
+
+def test_dicom_slides_are_named_after_their_label_before_their_series_description(tmp_path):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from dn_cli.dicom import series
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.77.1.6", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SeriesInstanceUID, ds.ContainerIdentifier, ds.SeriesDescription = generate_uid(), "S-1234", "Whole slide"
+    ds.save_as(tmp_path / "level0.dcm", enforce_file_format=True)
+    assert [name for _, name in series([tmp_path / "level0.dcm"])] == ["S-1234"]
+
+
+def test_bf16_is_recorded_as_bf16(tmp_path, tissue, checkpoint):
+    image = png(tmp_path / "a.png", tissue[:32, :32])
+    result = dn("translate", image, "-o", tmp_path / "o.tif", "--model", checkpoint, "--precision", "bf16", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o.tif.json").read_text())["precision"] == "bf16"
+
+
+def test_compile_auto_runs_eagerly_on_a_cpu(tmp_path, tissue, checkpoint):
+    from dn_cli import compiled
+
+    assert not compiled.wanted("auto", torch.device("cpu")) and compiled.wanted("auto", torch.device("cuda"))
+    image = png(tmp_path / "a.png", tissue[:32, :32])
+    assert dn("translate", image, "-o", tmp_path / "o.tif", "--model", checkpoint, "-q").exit_code == 0
+    assert json.loads((tmp_path / "o.tif.json").read_text())["compiled"] is False
+
+
+def test_upsampling_stops_at_four_times():
+    from dn_cli.errors import InputError
+    from dn_cli.levels import choose_resolution
+
+    assert choose_resolution("s", (100, 100), [1.0], 0.5, mpp=0.125, allow_upsampling=True).width == 400
+    with pytest.raises(InputError, match="4× at most"):
+        choose_resolution("s", (100, 100), [1.0], 0.5, mpp=0.12, allow_upsampling=True)

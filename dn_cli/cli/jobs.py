@@ -166,10 +166,11 @@ def translate_one(
     except ClaimHeld as e:
         return {"status": "skipped", "reason": BEING_TRANSLATED + (f" ({e})" if str(e) else "")}
     try:
-        for path in job.files:
-            # A live run's temporary stays (its claim, stale, was taken over: it drops the slide
-            # when it finds that out, and this run makes it).
-            clear_stale_partials(path, started)
+        busy = any([clear_stale_partials(path, started) for path in job.files])  # every one cleared: a list
+        if busy and not held.took_over:  # a live temporary without a claim (a dn from before claims)
+            return {"status": "skipped", "reason": BEING_TRANSLATED}
+        # With a claim taken over, a live temporary is the stalled run's: it drops the slide when it
+        # finds its claim gone, and this run makes it.
         if (skipped := nothing_to_make(job, s, overwrite, started)) is not None:  # finished before our claim
             return skipped
         beside = made_beside(job, s, overwrite, started)
@@ -202,11 +203,9 @@ def nothing_to_make(job: Job, s: Settings, overwrite: bool, started: float) -> d
     if todo:  # with another run's output: the pictures it was not asked for
         return None
     if differs := differences(job, s):  # a rerun, or another run, with other settings must not pass for done
-        when = " meanwhile by another run" if beside else ""
-        click.echo(f"dn: warning: {job.output} was made{when} with {differs}: kept; --overwrite replaces it", err=True)
         what = "another model" if differs.startswith("another model") else "other settings"
         reason = f"made meanwhile by another run, with {what}" if beside else f"exists, made with {what}"
-        return {"status": "skipped", "reason": reason}
+        return {"status": "skipped", "reason": reason, "made_with": differs}
     return {"status": "skipped", "reason": DONE_ELSEWHERE if beside else "exists"}
 
 
@@ -222,7 +221,7 @@ def differences(job: Job, s: Settings) -> str:
         return ""  # made before dn recorded its options: the model is all that can be compared
     mine = s.options()
     differ = [f"{flag} {recorded.get(name)}" for name, flag in OPTIONS.items() if recorded.get(name) != mine[name]]
-    return f"other settings ({', '.join(differ)}, not this run's)" if differ else ""
+    return f"other settings ({', '.join(differ)})" if differ else ""
 
 
 def make_files(
@@ -396,11 +395,17 @@ def attempt(
     record = {"input": str(job.source), "output": str(job.output)}
     try:
         record |= translate_one(job, runner, settings, label, overwrite=overwrite, started=started, bar=bar)
+        differs = record.get("made_with")
         if one_file and record["status"] == "skipped":
             if record["reason"].startswith("exists"):
-                raise OutputError(f"{job.output} exists (use --overwrite to replace it)")
+                how = f", made with {differs}; use" if differs else " (use"
+                raise OutputError(f"{job.output} exists{how} --overwrite to replace it{'' if differs else ')'}")
             if record["reason"].startswith(BEING_TRANSLATED):
                 raise OutputError(f"{job.output} is being written by another dn run")
+        if differs:
+            when = " meanwhile by another run" if record["reason"].startswith("made meanwhile") else ""
+            warning = f"{job.output} was made{when} with {differs}: kept; --overwrite replaces it"
+            click.echo(f"dn: warning: {warning}", err=True)
     except Exception as e:  # in a batch each slide fails alone; one file's error is the command's
         if one_file or debug:
             raise

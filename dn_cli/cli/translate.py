@@ -131,7 +131,7 @@ class PixelSize(click.ParamType):
     "devices_spec",
     metavar="LIST",
     help="Run on several devices at once, one worker each, slides dealt out biggest first: "
-    "cuda:0,cuda:1 or all (every GPU); cpu,cpu runs two CPU workers.",
+    "cuda:0,cuda:1 or all (every GPU); auto as --device auto; cpu,cpu runs two CPU workers.",
 )
 @click.option(
     "--precision",
