@@ -397,9 +397,10 @@ def attempt(
         record |= translate_one(job, runner, settings, label, overwrite=overwrite, started=started, bar=bar)
         differs = record.get("made_with")
         if one_file and record["status"] == "skipped":
+            if record["reason"].startswith("exists") and differs:
+                raise OutputError(f"{job.output} exists, made with {differs}; use --overwrite to replace it")
             if record["reason"].startswith("exists"):
-                how = f", made with {differs}; use" if differs else " (use"
-                raise OutputError(f"{job.output} exists{how} --overwrite to replace it{'' if differs else ')'}")
+                raise OutputError(f"{job.output} exists (use --overwrite to replace it)")
             if record["reason"].startswith(BEING_TRANSLATED):
                 raise OutputError(f"{job.output} is being written by another dn run")
         if differs:
