@@ -85,7 +85,7 @@ class QueueBar:
         pass
 
 
-def stop_when_orphaned() -> None:
+def stop_when_orphaned(outbox) -> None:
     """SIGTERM to this worker when its parent dies: a parent killed with ``kill -9`` cannot stop it,
     and an orphan would hold its device (and on a GPU its memory) for ever."""
     parent = multiprocessing.parent_process()
@@ -94,6 +94,10 @@ def stop_when_orphaned() -> None:
 
     def watch() -> None:
         multiprocessing.connection.wait([parent.sentinel])  # ready once the parent has gone
+        # Nobody reads its messages now: exit without waiting for them to be sent. (Only then: a
+        # worker that exits while its queue's thread holds the write lock shared with the other
+        # workers' would leave them unable to send for ever.)
+        outbox.cancel_join_thread()
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="dn-parent-watch", daemon=True).start()
@@ -101,12 +105,11 @@ def stop_when_orphaned() -> None:
 
 def work(worker: int, device: str, shared: Shared, inbox, outbox) -> None:
     """A worker process: loads the model on ``device``, then translates the slides it is dealt."""
-    outbox.cancel_join_thread()  # an orphan must not wait at exit for a parent to read its messages
     try:
         signal.signal(signal.SIGINT, Stop.handle)  # a terminal's Ctrl-C reaches workers too
         signal.signal(signal.SIGTERM, Stop.handle)  # the parent's way to stop them
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while it started: see Pool.start
-        stop_when_orphaned()
+        stop_when_orphaned(outbox)
         torch_device = torch.device(device)
         if torch_device.type == "cpu":
             torch.set_num_threads(shared.threads)
