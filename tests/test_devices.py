@@ -44,7 +44,10 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def wait_for(condition, seconds: float = 120) -> None:
+HANG = 1800  # seconds: a safety net against a hang, far past any run under load (waits are on events)
+
+
+def wait_for(condition, seconds: float = HANG) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -70,7 +73,7 @@ def test_two_cpu_workers_give_a_single_runs_pixels(tmp_path, slides, checkpoint)
     single = CliRunner().invoke(cli, ["translate", str(slides), "-o", str(tmp_path / "one"), *map(str, args)])
     assert single.exit_code == 0, single.output
     run = start_dn(slides, "-o", tmp_path / "two", *args, "--devices", "cpu,cpu", "--json")
-    stdout, stderr = run.communicate(timeout=600)
+    stdout, stderr = run.communicate(timeout=HANG)
     assert run.returncode == 0, stderr
     records = [json.loads(line) for line in stdout.splitlines()]
     assert sorted(Path(r["input"]).name for r in records) == sorted(p.name for p in slides.iterdir())
@@ -89,7 +92,7 @@ def test_a_dead_worker_costs_its_slide_only(tmp_path, slides, checkpoint):
     worker = holder_of(out / "big.tif")["pid"]  # the worker translating the big slide
     assert worker in descendants(run.pid)
     os.kill(worker, signal.SIGKILL)  # as a decoder's crash on a bad slide, or the OOM killer, would
-    stdout, stderr = run.communicate(timeout=600)
+    stdout, stderr = run.communicate(timeout=HANG)
     assert run.returncode == 1, stderr
     status = {Path(r["input"]).name: (r["status"], r.get("error", "")) for r in map(json.loads, stdout.splitlines())}
     assert status.pop("big.png")[1] in {f"worker {n}/2 on cpu (pid {worker}) died (signal SIGKILL)" for n in (1, 2)}
@@ -111,9 +114,9 @@ def test_stopping_leaves_no_process_and_no_partial_file(tmp_path, slides, checkp
         os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches every process of the group
     else:
         run.send_signal(signal.SIGTERM)  # kill: the parent alone
-    _, stderr = run.communicate(timeout=120)
+    _, stderr = run.communicate(timeout=HANG)
     assert run.returncode == 130 and "dn: interrupted" in stderr and "Traceback" not in stderr, stderr
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10)
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
     left = [p.name for p in out.iterdir()] if out.exists() else []
     assert not [name for name in left if name.startswith(".")]  # no temporary, no claim
     assert all(name.endswith((".tif", ".tif.json")) for name in left)  # only whole outputs

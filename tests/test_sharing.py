@@ -16,6 +16,7 @@ import pytest
 from dn_cli import claims
 from dn_cli.claims import ClaimHeld, claim, claim_path, holder_of
 
+from .test_devices import HANG, wait_for
 from .test_reliability import png
 
 # A file system without working locks (Lustre and GPFS mounts often lack them): flock fails as
@@ -50,7 +51,7 @@ def start_dn(*args, env: dict) -> subprocess.Popen:
 
 
 def records(process: subprocess.Popen) -> tuple[list[dict], str]:
-    stdout, stderr = process.communicate(timeout=600)
+    stdout, stderr = process.communicate(timeout=HANG)
     assert process.returncode == 0, stderr
     return [json.loads(line) for line in stdout.splitlines()], stderr
 
@@ -92,9 +93,7 @@ def test_a_killed_runs_slide_is_left_to_the_next_run(tmp_path, tissue, checkpoin
     out = tmp_path / "out" / "big.tif"
     args = [source, "-o", out, "--model", checkpoint, "--tile-size", 64, "--batch-size", 1, "-q"]
     killed = start_dn(*args, env=file_system)
-    deadline = time.monotonic() + 120
-    while not list(out.parent.glob(".big.tif.*.partial.tif")) and time.monotonic() < deadline:
-        time.sleep(0.05)  # until it writes: claimed, and translating
+    wait_for(lambda: list(out.parent.glob(".big.tif.*.partial.tif")) or killed.poll() is not None)  # it writes
     assert claim_path(out).exists() and holder_of(out)["pid"] == killed.pid
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
@@ -132,9 +131,7 @@ def test_a_run_whose_claim_was_taken_over_knows_it_and_leaves_the_new_claim(tmp_
     stalled = claim(final)
     claim_path(final).unlink()  # taken over (as a run does that found it stale)
     taker = claim(final)
-    deadline = time.monotonic() + 10
-    while not stalled.lost and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: stalled.lost)
     assert stalled.lost and not taker.lost
     stalled.release()
     assert json.loads(claim_path(final).read_text())["token"] == taker.token

@@ -29,7 +29,7 @@ from dn_cli.models import Generator
 from dn_cli.pipeline import TileRunner, translate
 from dn_cli.stopping import Stop, stopped_by_signals
 
-from .test_devices import descendants, wait_for
+from .test_devices import HANG, descendants, wait_for
 from .test_reliability import dn, files_in, one_error_line, png
 from .test_sharing import start_dn
 
@@ -70,7 +70,7 @@ def partial_appears(folder: Path, run: subprocess.Popen) -> None:
 
 
 def outcome(run: subprocess.Popen) -> tuple[list[dict], str]:
-    stdout, stderr = run.communicate(timeout=600)
+    stdout, stderr = run.communicate(timeout=HANG)
     assert run.returncode == 0, stderr
     return [json.loads(line) for line in stdout.splitlines()], stderr
 
@@ -114,7 +114,7 @@ def test_runs_in_two_pid_namespaces_make_the_slide_once(tmp_path, slide, checkpo
     first.send_signal(signal.SIGSTOP)  # holds still while the other decides
     try:
         command = ["unshare", "-pf", sys.executable, "-m", "dn_cli", "translate", *map(str, args)]
-        second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=HANG)
         assert holder_of(out / "big.tif")["pid"] == first.pid  # its claim left to it, not taken and dropped
     finally:
         first.send_signal(signal.SIGCONT)
@@ -370,7 +370,7 @@ def test_workers_of_a_parent_killed_with_sigkill_stop_and_clean_up(tmp_path, sli
     assert len(workers) == 2  # one per device given, not one
     run.send_signal(signal.SIGKILL)
     run.wait()  # not its pipes: the workers hold them open while they live
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 120)  # not for ever
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))  # not for ever
     run.communicate()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary, no claim
 
@@ -393,7 +393,7 @@ def test_a_lone_worker_that_dies_is_replaced_and_named(tmp_path, slide, checkpoi
     partial_appears(out, run)
     (worker,) = workers_of(run.pid)
     os.kill(worker, signal.SIGKILL)
-    stdout, stderr = run.communicate(timeout=600)
+    stdout, stderr = run.communicate(timeout=HANG)
     status = {Path(r["input"]).name: (r["status"], r.get("error")) for r in map(json.loads, stdout.splitlines())}
     assert status == {
         "big.png": ("failed", f"worker 1/1 on cpu (pid {worker}) died (signal SIGKILL)"),
@@ -450,7 +450,7 @@ def test_compile_with_an_unwritable_cache_folder_warns_and_compiles(tmp_path, ti
         env=env | {"XDG_CACHE_HOME": str(tmp_path / "cache")},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG,
     )
     assert run.returncode == 0, run.stderr
     assert run.stderr.strip() == (
@@ -519,7 +519,7 @@ def test_the_heartbeat_keeps_a_claim_fresh(tmp_path, monkeypatch):
     final = tmp_path / "o.tif"
     with claim(final):
         os.utime(claim_path(final), (time.time() - 1000,) * 2)
-        wait_for(lambda: time.time() - claim_path(final).stat().st_mtime < 100, 10)
+        wait_for(lambda: time.time() - claim_path(final).stat().st_mtime < 100)
 
 
 def test_a_claim_taken_over_just_before_publishing_publishes_nothing(tmp_path, tissue, checkpoint, monkeypatch):
