@@ -264,7 +264,7 @@ def _take_over(found: Found) -> bool:
         if skew > HEARTBEAT:  # its run may be dead: it still holds the slide until its date has passed
             raise ClaimHeld(
                 f"its claim {found.path.name} is dated {skew:.0f} s ahead of this machine's clock (a clock "
-                f"ahead on {found.holder.get('host', 'another node')}?): it holds the slide until "
+                f"ahead on {found.holder.get('host', 'another node')}?) and holds the slide until "
                 f"{STALE_AFTER:.0f} s after that"
             )
         raise ClaimHeld("")

@@ -131,6 +131,10 @@ def corrupt_slide(d: Path) -> None:
     (d / "bad.svs").write_bytes(b"II*\x00" + b"\x00" * 100)
 
 
+def big_corrupt_slide(d: Path) -> None:
+    (d / "bad.svs").write_bytes(b"II*\x00" + b"\x00" * (1 << 21))
+
+
 def truncated_model(d: Path) -> None:
     (d / "cut.pth").write_bytes((d / "model.pth").read_bytes()[:500])
 
@@ -622,7 +626,7 @@ CASES = [
         "--fail-fast: a line for every input",
         ["bad.svs", "in.png", "slide.tif", "-o", "out", "--fail-fast", "--json", *M],
         False,
-        [corrupt_slide],
+        [big_corrupt_slide],  # the biggest: a batch goes biggest first
         stdout_lines=3,
         fragment="2 not attempted",
     ),
@@ -679,6 +683,7 @@ CASES = [
         True,
         [claim_file(age=claims.STALE_AFTER + 1, content=bytes(range(256)))],
         ["out/in.tif"],
+        may_change=["out/.in.tif.claim"],  # taken over, then released
     ),
     Case("a claim that is a folder", ["in.png", "-o", "out", *M], False, [claim_not_a_file("folder")], fragment="is a"),
     Case("a claim that is a FIFO", ["in.png", "-o", "out", *M], False, [claim_not_a_file("fifo")], fragment="a FIFO"),
@@ -692,7 +697,7 @@ CASES = [
     ),
     Case(
         "a claim dated an hour ahead",
-        ["in.png", "-o", "out", *M],
+        ["in.png", "-o", "out", "--model", "model.pth"],
         True,
         [claim_file(age=-3600, host="node-7", pid=4711)],
         fragment="a clock ahead on node-7?",

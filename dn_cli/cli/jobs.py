@@ -164,7 +164,7 @@ def translate_one(
     try:
         held = claim(job.output, started)
     except ClaimHeld as e:
-        return {"status": "skipped", "reason": BEING_TRANSLATED + (f" ({e})" if str(e) else "")}
+        return {"status": "skipped", "reason": BEING_TRANSLATED + (f": {e}" if str(e) else "")}
     try:
         busy = any([clear_stale_partials(path, started) for path in job.files])  # every one cleared: a list
         if busy and not held.took_over:  # a live temporary without a claim (a dn from before claims)
