@@ -304,7 +304,12 @@ def full_disk(d: Path) -> None:
     (d / "disk").mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d / "disk")], check=True)
     (d / "disk" / "out").mkdir()
-    with open(d / "disk" / "filler", "wb") as f:
+    fill_up(d / "disk" / "filler")
+
+
+def fill_up(path: Path) -> None:
+    """Write ``path`` until its file system has no block left: files can then be made, not filled."""
+    with open(path, "wb") as f:
         try:
             while True:
                 f.write(b"\0" * 65536)

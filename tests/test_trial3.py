@@ -32,6 +32,7 @@ from dn_cli.stopping import Stop, stopped_by_signals
 
 from .test_devices import HANG, descendants, wait_for
 from .test_reliability import dn, files_in, one_error_line, png
+from .test_reliability_cases import reliability
 from .test_sharing import start_dn
 
 
@@ -166,13 +167,7 @@ def test_a_full_disk_leaves_no_empty_claim_and_names_the_folder(tmp_path, tissue
     out = small_disk / "out"
     out.mkdir()
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # every block taken: files can be made, not filled
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    reliability.fill_up(filler)
     full = dn("translate", tmp_path / "in", "-o", out, "--model", checkpoint, "-q")
     assert full.exit_code == 1
     assert f"cannot claim a slide in {out}: no space left on device" in full.stderr, full.stderr
@@ -361,12 +356,19 @@ def workers_of(pid: int) -> set[int]:
     return found
 
 
-def test_workers_of_a_parent_killed_with_sigkill_stop_and_clean_up(tmp_path, slide, checkpoint):
-    for i in range(3):
+def with_devices(slide: Path, out: Path, checkpoint: Path, devices: str, smaller: int) -> subprocess.Popen:
+    """``dn translate --devices`` over ``slide`` and ``smaller`` small slides beside it, once it
+    writes the big slide's temporary."""
+    for i in range(smaller):
         png(slide.parent / f"s{i}.png", np.zeros((64, 64, 3), np.uint8) + 200)
-    out = tmp_path / "out"
-    run = start_dn(slide.parent, "-o", out, "--model", checkpoint, *SLOW, "--devices", "cpu,cpu", env=dict(os.environ))
+    run = start_dn(slide.parent, "-o", out, "--model", checkpoint, *SLOW, "--devices", devices, env=dict(os.environ))
     partial_appears(out, run)
+    return run
+
+
+def test_workers_of_a_parent_killed_with_sigkill_stop_and_clean_up(tmp_path, slide, checkpoint):
+    out = tmp_path / "out"
+    run = with_devices(slide, out, checkpoint, "cpu,cpu", smaller=3)
     workers = workers_of(run.pid)
     assert len(workers) == 2  # one per device given, not one
     run.send_signal(signal.SIGKILL)
@@ -387,11 +389,7 @@ def test_devices_auto_is_the_device_auto_picks_and_every_list_is_checked_before_
 
 
 def test_a_lone_worker_that_dies_is_replaced_and_named(tmp_path, slide, checkpoint):
-    for i in range(2):
-        png(slide.parent / f"s{i}.png", np.zeros((64, 64, 3), np.uint8) + 200)
-    out = tmp_path / "out"
-    run = start_dn(slide.parent, "-o", out, "--model", checkpoint, *SLOW, "--devices", "cpu", env=dict(os.environ))
-    partial_appears(out, run)
+    run = with_devices(slide, tmp_path / "out", checkpoint, "cpu", smaller=2)
     (worker,) = workers_of(run.pid)
     os.kill(worker, signal.SIGKILL)
     stdout, stderr = run.communicate(timeout=HANG)
