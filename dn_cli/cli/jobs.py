@@ -220,8 +220,12 @@ def differences(job: Job, s: Settings) -> str:
     if not isinstance(recorded, dict):
         return ""  # made before dn recorded its options: the model is all that can be compared
     mine = s.options()
-    differ = [f"{flag} {recorded.get(name)}" for name, flag in OPTIONS.items() if recorded.get(name) != mine[name]]
-    return f"other settings ({', '.join(differ)})" if differ else ""
+    given = [
+        f"no {flag}" if recorded.get(name) is None else f"{flag} {recorded[name]}"
+        for name, flag in OPTIONS.items()
+        if recorded.get(name) != mine[name]
+    ]
+    return f"other settings ({', '.join(given)})" if given else ""
 
 
 def make_files(
