@@ -663,3 +663,30 @@ def test_upsampling_stops_at_four_times():
     assert choose_resolution("s", (100, 100), [1.0], 0.5, mpp=0.125, allow_upsampling=True).width == 400
     with pytest.raises(InputError, match="4× at most"):
         choose_resolution("s", (100, 100), [1.0], 0.5, mpp=0.12, allow_upsampling=True)
+
+
+def skipped_below(above: np.ndarray) -> np.ndarray:
+    """The fill of a skipped tile under a translated tile ``above`` (64², grid of 1 × 2 rows)."""
+    from dn_cli.geometry import TileGrid
+    from dn_cli.output_stage import OutputStage
+
+    canvas = Canvas(64, 128)
+    stage = OutputStage(canvas, TileGrid(64, 128, 64, 16), np.array([240, 238, 245], np.uint8), skipping=True)
+    stage.put(range(0, 1), [0], lambda: above[None])
+    stage.put(range(1, 2), [], None)
+    stage.close()
+    return canvas.pixels[64:].astype(int)
+
+
+def test_a_skipped_tile_takes_the_glass_of_the_near_strip_of_the_tile_above():
+    above = np.full((64, 64, 3), 236, np.uint8)
+    above[-16:] = 244  # the strip along the skipped tile
+    fill = skipped_below(above)
+    assert np.abs(fill[0, 16:48] - 244).max() <= 1  # not the far strip's 236
+
+
+def test_tissue_in_the_strip_beside_a_skipped_tile_stays_out_of_its_glass():
+    above = np.full((64, 64, 3), 243, np.uint8)
+    above[-16:, :24] = (120, 60, 90)  # stained tissue reaching the edge over a third of it
+    fill = skipped_below(above)
+    assert np.abs(fill[0, 32:48] - 243).max() <= 1  # the glass beside it, not averaged with the stain
