@@ -31,7 +31,7 @@ FAMILIES = {
     "cyclegan-resnet": lambda: ResnetGenerator(ngf=4, n_blocks=1),
     "cut-resnet": lambda: ResnetGenerator(ngf=4, n_blocks=1, antialias_down=True, antialias_up=True),
     "cyclegan-unet": lambda: UnetGenerator(num_downs=5, ngf=4),
-    "dn-research": lambda: DnResearchGenerator(),
+    "dn-research": lambda: DnResearchGenerator(features=4, residuals=1),  # the research code's layout, small
 }
 
 

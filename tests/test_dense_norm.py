@@ -49,22 +49,23 @@ def field_for_tile(ring: MomentRing, row: int, col: int, n: int, weighting="bili
 def reference_field(values, valid, row, col, n):
     """Slow, obvious DESIGN.md §4: bilinear blend in global slide coordinates, masked, renormalised."""
     rows, cols, channels = values.shape
+    values, valid = values.double().numpy(), valid.numpy()  # numpy scalars: the loop runs in seconds, not tens
     stride = (T + 2 * M) / n
-    out = torch.zeros(channels, n, n, dtype=torch.float64)
+    out = np.zeros((channels, n, n))
     for ky in range(n):
         for kx in range(n):
             y = row * T - M + (ky + 0.5) * stride
             x = col * T - M + (kx + 0.5) * stride
             v, u = (y - T / 2) / T, (x - T / 2) / T
             i0, j0 = math.floor(v), math.floor(u)
-            acc, total = torch.zeros(channels, dtype=torch.float64), 0.0
+            acc, total = np.zeros(channels), 0.0
             for i, wi in ((i0, 1 - (v - i0)), (i0 + 1, v - i0)):
                 for j, wj in ((j0, 1 - (u - j0)), (j0 + 1, u - j0)):
                     if 0 <= i < rows and 0 <= j < cols and valid[i, j] and wi * wj > 0:
-                        acc += wi * wj * values[i, j].double()
+                        acc += wi * wj * values[i, j]
                         total += wi * wj
             out[:, ky, kx] = acc / total
-    return out
+    return torch.from_numpy(out)
 
 
 @pytest.mark.parametrize("n", [96, 48, 24])  # feature maps at stride 1, 2, 4
