@@ -159,7 +159,7 @@ def translate_one(
 ) -> dict:
     """Translate ``job.source``, or make what an earlier run left missing, unless another run has
     done or is doing it; returns what was done, for --json. ``started``: when this run began."""
-    if (skipped := nothing_to_make(job, s, overwrite, started)) is not None:
+    if (skipped := plan(job, s, overwrite, started)[2]) is not None:
         return skipped
     try:
         held = claim(job.output, started)
@@ -171,10 +171,9 @@ def translate_one(
             return {"status": "skipped", "reason": BEING_TRANSLATED}
         # With a claim taken over, a live temporary is the stalled run's: it drops the slide when it
         # finds its claim gone, and this run makes it.
-        if (skipped := nothing_to_make(job, s, overwrite, started)) is not None:  # finished before our claim
+        todo, record, skipped = plan(job, s, overwrite, started)  # looked at again: finished before our claim?
+        if skipped is not None:
             return skipped
-        beside = made_beside(job, s, overwrite, started)
-        todo, record = files_to_make(job, overwrite and not beside)
         return make_files(job, todo, record, runner, s, label, overwrite=overwrite, held=held, bar=bar)
     except ClaimLost:
         return {"status": "skipped", "reason": f"{DONE_ELSEWHERE} (this one stalled and its claim was taken over)"}
@@ -196,17 +195,18 @@ def made_beside(job: Job, s: Settings, overwrite: bool, started: float) -> bool:
     return overwrite and published >= min([started, *runs_started(job.output.parent)]) and not differences(job, s)
 
 
-def nothing_to_make(job: Job, s: Settings, overwrite: bool, started: float) -> dict | None:
-    """What a job with nothing left to make was skipped for, or None if there is something to make."""
+def plan(job: Job, s: Settings, overwrite: bool, started: float) -> tuple[list[Path], dict | None, dict | None]:
+    """(the files of ``job`` to make, the provenance of its existing output when only completing
+    it, and — only if there is nothing to make — the record of what it was skipped for)."""
     beside = made_beside(job, s, overwrite, started)
-    todo, _ = files_to_make(job, overwrite and not beside)
+    todo, record = files_to_make(job, overwrite and not beside)
     if todo:  # with another run's output: the pictures it was not asked for
-        return None
+        return todo, record, None
     if differs := differences(job, s):  # a rerun, or another run, with other settings must not pass for done
         what = "another model" if differs.startswith("another model") else "other settings"
         reason = f"made meanwhile by another run, with {what}" if beside else f"exists, made with {what}"
-        return {"status": "skipped", "reason": reason, "made_with": differs}
-    return {"status": "skipped", "reason": DONE_ELSEWHERE if beside else "exists"}
+        return [], None, {"status": "skipped", "reason": reason, "made_with": differs}
+    return [], None, {"status": "skipped", "reason": DONE_ELSEWHERE if beside else "exists"}
 
 
 def differences(job: Job, s: Settings) -> str:
