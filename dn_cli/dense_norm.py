@@ -15,7 +15,7 @@ import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import fx, nn
@@ -53,11 +53,12 @@ class DensePass:
         margin: m in level pixels.
         weighting: ``bilinear`` for DN, ``flat`` (mean of the valid neighbours) for KIN.
         neighbourhood: the moments around each batch item (``apply``).
-        inside: ``(B, 4)`` integers, for each batch item the part of its padded tile that lies in
-            the image, in pixels of that tile (top, bottom, left, right): a tile with a part
-            outside (mirrored image) is normalised with, and yields, the moments of the feature
-            pixels centred in that part (``collect``). A tensor, not numbers, so that a compiled
-            model does not specialise on every edge. None: all are whole.
+        inside: for each batch item the part of its padded tile that lies in the image, in
+            pixels of that tile (top, bottom, left, right): a tile with a part outside (mirrored
+            image) is normalised with, and yields, the moments of the feature pixels centred in
+            that part (``collect``). None: all are whole. The eager layer crops these parts.
+        inside_tensor: the same as a ``(B, 4)`` tensor on the device, for the compiled (fused)
+            layer, which masks instead of cropping: numbers would make it specialise on every edge.
     """
 
     kind: Literal["plain", "collect", "apply"] = "plain"
@@ -65,15 +66,17 @@ class DensePass:
     margin: int = 16
     weighting: Weighting = "bilinear"
     neighbourhood: Neighbourhood | None = None
-    inside: torch.Tensor | None = None
+    inside: tuple[tuple[int, int, int, int], ...] | None = None
+    inside_tensor: torch.Tensor | None = None
 
     def slice(self, items: slice) -> DensePass:
         """The pass of some batch items only."""
-        nb, inside = self.neighbourhood, self.inside
+        nb, inside, inside_tensor = self.neighbourhood, self.inside, self.inside_tensor
         return replace(
             self,
             neighbourhood=None if nb is None else nb.slice(items),
             inside=None if inside is None else inside[items],
+            inside_tensor=None if inside_tensor is None else inside_tensor[items],
         )
 
 
@@ -110,24 +113,73 @@ def axis_weights(n: int, tile_size: int, margin: int, weighting: Weighting) -> t
     return (1 - (u[None, :] - offsets).abs()).clamp(min=0)
 
 
+class RowWeights(NamedTuple):
+    """The neighbour rows' weights for every feature row, and where the pair they blend changes.
+
+    ``weights`` is ``(3, h)``. Bilinear: rows before ``split`` mix the upper neighbour with the
+    tile's own, rows from ``split`` on the tile's own with the lower one, two weights summing to 1
+    (the hats cross at the tile's middle, and ``2m ≤ T`` keeps every row within one tile of it).
+    ``split`` None: every row weighs the three alike (flat).
+    """
+
+    weights: torch.Tensor
+    split: int | None
+
+
+def row_weights(n: int, tile_size: int, margin: int, weighting: Weighting) -> RowWeights:
+    """:func:`axis_weights` for the rows, with the split :func:`dense_fields` blends by."""
+    weights = axis_weights(n, tile_size, margin, weighting)
+    return RowWeights(weights, None if weighting == "flat" else int((weights[2] == 0).sum()))
+
+
+def blend_rows(along_x: torch.Tensor, rows: RowWeights, channels_last: bool = False) -> torch.Tensor:
+    """``Σ_a wy_a(y)·along_x[..., a, :]`` for every row y: ``(..., C, 3, w)`` → ``(..., C, h, w)``,
+    channels innermost in memory if ``channels_last`` (the layout of the feature maps it meets).
+
+    Each half of the rows is one lerp between two ``(..., 1, w)`` rows, so every field value is
+    written once and nothing is read back (a matmul over 3 rows is several times slower). Flat
+    rows blend to one row, ``(..., 1, w)``, that broadcasts over the tile.
+    """
+    if rows.split is None:
+        return (along_x * rows.weights[:, :1]).sum(dim=-2, keepdim=True)
+    wy, split = rows.weights, rows.split
+    *lead, c, _, w = along_x.shape
+    if channels_last:  # channels innermost in the rows read too, or the lerps cannot vectorise
+        along_x = along_x.movedim(-3, -1).contiguous().movedim(-1, -3)
+        out = along_x.new_empty(*lead, wy.shape[1], w, c).movedim(-1, -3)
+    else:
+        out = along_x.new_empty(*lead, c, wy.shape[1], w)
+    middle = along_x[..., 1:2, :]
+    torch.lerp(middle, along_x[..., 0:1, :], wy[0, :split, None], out=out[..., :split, :])
+    torch.lerp(middle, along_x[..., 2:3, :], wy[2, split:, None], out=out[..., split:, :])
+    return out
+
+
 def dense_fields(
-    moments: torch.Tensor, valid: torch.Tensor, complete: bool, wy_t: torch.Tensor, wx: torch.Tensor
+    moments: torch.Tensor,
+    valid: torch.Tensor,
+    complete: bool,
+    rows: RowWeights,
+    wx: torch.Tensor,
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """Per-pixel moments ``(2, B, C, h, w)`` (mean, inverse std) blended from a neighbourhood.
+    """Per-pixel moments ``(2, B, C, h, w)`` (mean, inverse std) blended from a neighbourhood
+    (``h`` is 1 for flat rows: the fields do not change down the tile).
 
     Args:
         moments: ``(B, 3, 3, 2, C)`` neighbourhood moments.
         valid: ``(B, 3, 3)`` neighbour mask; masked neighbours drop out and the remaining
             weights are renormalised (skipped when ``complete``: the weights already sum to 1).
-        wy_t: ``(h, 3)`` row weights (transposed), ``wx``: ``(3, w)`` column weights.
+        rows: the row weights, ``wx``: ``(3, w)`` column weights.
+        channels_last: lay the fields out channels innermost, as the feature maps they meet.
     """
     if not complete:
         moments = moments * valid[..., None, None]
-    along_x = torch.einsum("nabmc,bx->mncax", moments, wx)  # (2, B, C, 3, w): small
-    fields = torch.matmul(wy_t, along_x)  # the only full-size write
+    fields = blend_rows(
+        torch.einsum("nabmc,bx->mncax", moments, wx), rows, channels_last
+    )  # from (2, B, C, 3, w): small
     if not complete:
-        total = torch.matmul(wy_t, torch.einsum("nab,bx->nax", valid, wx))  # (B, h, w)
-        fields /= total[None, :, None]
+        fields /= blend_rows(torch.einsum("nab,bx->nax", valid, wx)[:, None], rows)  # (B, 1, h, w)
     return fields
 
 
@@ -136,7 +188,7 @@ def fused_dense_norm(
     moments: torch.Tensor,
     valid: torch.Tensor,
     complete: bool,
-    wy_t: torch.Tensor,
+    wy: torch.Tensor,
     wx: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
@@ -147,12 +199,12 @@ def fused_dense_norm(
     expression over small tensors: ``μ(y, x) = Σ_a wy_a(y)·A_a(x)`` with
     ``A_a(x) = Σ_b wx_b(x)·M_ab``, ``(B, C, 3, w)``. Compiled, inductor fuses it into a single pass
     over ``x``: no ``(B, C, h, w)`` field is written and read back. Eagerly each term is a
-    full-size temporary, so the eager layer keeps :func:`dense_fields`.
+    full-size temporary, so the eager layer keeps :func:`dense_fields`. ``wy``: ``(3, h)`` row weights.
     """
     if not complete:
         moments = moments * valid[..., None, None]
     along_x = torch.einsum("nabmc,bx->mncax", moments, wx)  # (2, B, C, 3, w): small
-    wy = wy_t.T[:, None, None, :, None]  # (3, 1, 1, h, 1)
+    wy = wy[:, None, None, :, None]  # (3, 1, 1, h, 1)
     mean = wy[0] * along_x[0, :, :, 0, None] + wy[1] * along_x[0, :, :, 1, None] + wy[2] * along_x[0, :, :, 2, None]
     inv_std = wy[0] * along_x[1, :, :, 0, None] + wy[1] * along_x[1, :, :, 1, None] + wy[2] * along_x[1, :, :, 2, None]
     if not complete:
@@ -182,7 +234,7 @@ class DenseNorm2d(nn.Module):
         self.weight: nn.Parameter | None = None
         self.bias: nn.Parameter | None = None
         self.fused = False  # fused_dense_norm, for torch.compile: no full-size fields
-        self._weights_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._weights_cache: dict[tuple, tuple[RowWeights, torch.Tensor]] = {}
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, index={self.index}"
@@ -201,6 +253,10 @@ class DenseNorm2d(nn.Module):
         return y.to(x.dtype), mean, inv_std
 
     def _plain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.scope.current
+        past_edge = p.kind == "collect" and p.inside_tensor is not None  # some tiles reach past the image
+        if not self.fused and (past_edge or x.device.type == "cpu"):
+            return self._tile_by_tile(x, p.inside if past_edge else None)  # compiled, p.inside is never read
         # Instance norm is batch norm over a (1, B*C, h, w) view: one fused kernel that also
         # returns the mean and inverse std (biased variance, this layer's eps).
         b, c, h, w = x.shape
@@ -210,18 +266,40 @@ class DenseNorm2d(nn.Module):
             x.reshape(1, b * c, h, w), weight, bias, None, None, True, 0.0, self.eps
         )
         y, mean, inv_std = y.view(b, c, h, w), mean.view(b, c), inv_std.view(b, c)
-        inside = self.scope.current.inside
-        if self.scope.current.kind == "collect" and inside is not None:
-            y, mean, inv_std = self._in_image_part(x, y, mean, inv_std, inside)
+        if past_edge:  # compiled: masked, no shape depending on an edge
+            return self._masked_to_image(x, y, mean, inv_std, p.inside_tensor)
         return y, mean, inv_std
 
-    def _in_image_part(
+    def _tile_by_tile(
+        self, x: torch.Tensor, inside: tuple[tuple[int, int, int, int], ...] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-tile InstanceNorm as moments, then one pass that writes ``x·s + t``: the eager
+        form wherever some tiles reach past the image (``inside``), and on a CPU, where it beats
+        the batch-norm kernel (docs/benchmarks.md). Tiles that reach past the image are normalised
+        with, and yield, the moments of the feature pixels whose centres lie in the image
+        (mirrored content would bias them); each tile's moments come from its own pixels only."""
+        if inside is None:
+            mean = x.mean(dim=(2, 3))
+            variance = (x - mean[..., None, None]).square_().mean(dim=(2, 3))
+        else:
+            side = self.scope.current.tile_size + 2 * self.scope.current.margin
+            h, w = x.shape[2:]
+            parts = []
+            for i, (top, bottom, left, right) in enumerate(inside):
+                (r0, r1), (c0, c1) = centred_range(top, bottom, h, side), centred_range(left, right, w, side)
+                parts.append(_moments(x[i, :, r0:r1, c0:c1]))
+            mean, variance = (torch.stack(m) for m in zip(*parts, strict=True))
+        inv_std = torch.rsqrt(variance + self.eps)
+        scale = inv_std if self.weight is None else inv_std * self.weight.float()
+        shift = -mean * scale if self.bias is None else self.bias.float() - mean * scale
+        return torch.addcmul(shift[..., None, None], x, scale[..., None, None]), mean, inv_std
+
+    def _masked_to_image(
         self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, inside: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tiles that reach past the image normalised with, and yielding, the moments of the
-        feature pixels whose centres lie in the image (mirrored content would bias them); whole
-        tiles keep their plain result. Each tile on its own: its moments never depend on the
-        batch it came in."""
+        """:meth:`_tile_by_tile`'s parts as a compiled model wants them: every tile masked, no shape
+        depending on an edge, whole tiles keeping their plain result (inductor fuses the masked
+        sums; eagerly each term would be a full-size temporary)."""
         side = self.scope.current.tile_size + 2 * self.scope.current.margin
         h, w = x.shape[2:]
         rows, cols = _centred_in(inside[:, 0:2], h, side), _centred_in(inside[:, 2:4], w, side)
@@ -245,23 +323,51 @@ class DenseNorm2d(nn.Module):
         nb = p.neighbourhood
         if nb is None:
             raise RuntimeError("DenseNorm2d applying without a neighbourhood")
-        wy_t, wx = self._axis_weights(x.shape[2], x.shape[3], x.device, p)
+        rows, wx = self._axis_weights(x.shape[2], x.shape[3], x.device, p)
+        weight, bias = (None, None) if self.weight is None else (self.weight.float(), self.bias.float())
+        moments = nb.moments[self.index]
         if self.fused:
-            weight, bias = (None, None) if self.weight is None else (self.weight.float(), self.bias.float())
-            return fused_dense_norm(x, nb.moments[self.index], nb.valid, nb.complete, wy_t, wx, weight, bias)
-        fields = dense_fields(nb.moments[self.index], nb.valid, nb.complete, wy_t, wx)
-        y = torch.sub(x, fields[0], out=fields[0])  # in place: these tensors are the largest here
-        y.mul_(fields[1])
-        if self.weight is not None:
-            y.mul_(self.weight.float()[:, None, None]).add_(self.bias.float()[:, None, None])
-        return y
+            return fused_dense_norm(x, moments, nb.valid, nb.complete, rows.weights, wx, weight, bias)
+        if weight is not None:  # γ folded into the inverse stds before blending (it is linear): one pass less
+            moments = moments * torch.stack([torch.ones_like(weight), weight])
+        # The runner's tiles arrive channels-last, and convolutions keep that order on a CPU.
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        mean, scale = dense_fields(moments, nb.valid, nb.complete, rows, wx, channels_last)
+        y = torch.sub(x, mean, out=mean) if mean.shape == x.shape else x - mean  # in place: the largest tensors
+        return y.mul_(scale) if bias is None else torch.addcmul(bias[:, None, None], y, scale, out=y)
 
-    def _axis_weights(self, h: int, w: int, device: torch.device, p: DensePass) -> tuple[torch.Tensor, torch.Tensor]:
+    def _axis_weights(self, h: int, w: int, device: torch.device, p: DensePass) -> tuple[RowWeights, torch.Tensor]:
         key = (h, w, p.tile_size, p.margin, p.weighting, device)
         if key not in self._weights_cache:
-            wy, wx = (axis_weights(n, p.tile_size, p.margin, p.weighting).to(device, torch.float32) for n in (h, w))
-            self._weights_cache[key] = (wy.T.contiguous(), wx)
+            rows = row_weights(h, p.tile_size, p.margin, p.weighting)
+            wx = axis_weights(w, p.tile_size, p.margin, p.weighting)
+            self._weights_cache[key] = (
+                rows._replace(weights=rows.weights.to(device, torch.float32)),
+                wx.to(device, torch.float32),
+            )
         return self._weights_cache[key]
+
+
+def _moments(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance per channel of a ``(C, h, w)`` crop, reduced over one contiguous
+    copy in the crop's own memory order (reducing a strided crop directly is several times slower)."""
+    if part.stride(0) == 1:  # channels innermost: channels-last feature maps
+        pixels, dim = part.permute(1, 2, 0).reshape(-1, part.shape[0]), 0
+    else:
+        pixels, dim = part.reshape(part.shape[0], -1), 1
+    mean = pixels.mean(dim=dim, keepdim=True)
+    return mean.flatten(), (pixels - mean).square_().mean(dim=dim)  # not in place: pixels may be a view of x
+
+
+def centred_range(start: int, stop: int, n: int, side: int) -> tuple[int, int]:
+    """``[first, end)``: the feature pixels :func:`_centred_in` picks for one part, as a range
+    (the picked pixels are always contiguous)."""
+    first = max(0, -((side - 2 * n * start) // (2 * side)))  # ⌈(2n·start − side) / 2·side⌉
+    end = min(n, -((side - 2 * n * stop) // (2 * side)))
+    if end > first:
+        return first, end
+    middle = min((start + stop) * n // (2 * side), n - 1)
+    return middle, middle + 1
 
 
 def _centred_in(bounds: torch.Tensor, n: int, side: int) -> torch.Tensor:

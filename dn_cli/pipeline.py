@@ -165,9 +165,10 @@ class TileRunner:
                 the image's edge take the moments of that part only.
         """
         side = self.geometry.tile_size + 2 * self.geometry.margin
-        whole = inside is None or all(part == (0, side, 0, side) for part in inside)
-        bounds = None if whole else torch.tensor(inside, dtype=torch.int64).to(self.device, non_blocking=True)
-        return self._run(tiles, replace(self.geometry, kind="collect", inside=bounds))
+        if inside is None or all(part == (0, side, 0, side) for part in inside):
+            return self._run(tiles, replace(self.geometry, kind="collect"))
+        bounds = torch.tensor(inside, dtype=torch.int64).to(self.device, non_blocking=True)
+        return self._run(tiles, replace(self.geometry, kind="collect", inside=tuple(inside), inside_tensor=bounds))
 
     def forward(self, tiles: np.ndarray, neighbourhood: Neighbourhood | None) -> torch.Tensor:
         """The model's output in [-1, 1] for whole padded tiles.

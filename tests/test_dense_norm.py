@@ -16,6 +16,7 @@ from dn_cli.dense_norm import (
     axis_weights,
     convert_instance_norm,
     dense_fields,
+    row_weights,
 )
 from dn_cli.moments import MomentLayout, MomentRing
 from dn_cli.pipeline import TileRunner
@@ -40,8 +41,9 @@ def moment_ring(values: torch.Tensor, valid: torch.Tensor) -> MomentRing:
 
 def field_for_tile(ring: MomentRing, row: int, col: int, n: int, weighting="bilinear") -> torch.Tensor:
     nb = ring.gather(range(row * ring.cols + col, row * ring.cols + col + 1))
-    wy = wx = axis_weights(n, T, M, weighting).float()
-    fields = dense_fields(nb.moments[0], nb.valid, nb.complete, wy.T, wx)
+    rows, wx = row_weights(n, T, M, weighting), axis_weights(n, T, M, weighting).float()
+    fields = dense_fields(nb.moments[0], nb.valid, nb.complete, rows._replace(weights=rows.weights.float()), wx)
+    fields = fields.expand(-1, -1, -1, n, -1)  # flat rows: one row for the whole tile
     torch.testing.assert_close(fields[1], fields[0] + 2)  # inverse stds blend the same way
     return fields[0, 0]  # means, (C, n, n)
 
@@ -241,10 +243,11 @@ def test_the_fused_dense_norm_equals_fields_then_normalisation(weighting, masked
     moments[:, :, :, 1] = moments[:, :, :, 1].abs() + 0.2  # inverse stds are positive
     valid = (torch.rand(batch, 3, 3) > 0.4).float() if masked else torch.ones(batch, 3, 3)
     valid[:, 1, 1] = 1  # a tile always has its own moments
-    wy_t = axis_weights(h, T, M, weighting).float().T.contiguous()
+    rows = row_weights(h, T, M, weighting)
+    rows = rows._replace(weights=rows.weights.float())
     wx = axis_weights(w, T, M, weighting).float()
     gamma, beta = torch.randn(channels), torch.randn(channels)
-    fields = dense_fields(moments, valid, not masked, wy_t, wx)
+    fields = dense_fields(moments, valid, not masked, rows, wx)
     expected = (x - fields[0]) * fields[1] * gamma[:, None, None] + beta[:, None, None]
-    fused = fused_dense_norm(x, moments, valid, not masked, wy_t, wx, gamma, beta)
+    fused = fused_dense_norm(x, moments, valid, not masked, rows.weights, wx, gamma, beta)
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)

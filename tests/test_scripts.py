@@ -102,3 +102,14 @@ def test_sharing_bench_runs_both_ways_and_each_slide_once():
     assert (static["run 0"]["translated"], static["run 1"]["translated"]) == (list("aceg"), list("bdfh"))
     shared = results["shared (the same command twice)"]
     assert sorted(shared["run 0"]["translated"] + shared["run 1"]["translated"]) == list("abcdefgh")
+
+
+def test_commit_bench_runs_dn_bench_at_each_commit_in_its_own_worktree():
+    """HEAD twice: two worktrees, two `dn bench` runs each, and none left behind."""
+    results = last_json(
+        run_script("bench_commits.py", "HEAD", "HEAD~0", "--size", "256", "--repeats", "1", "--rounds", "1", "--json")
+    )
+    (row,) = results["commits"].values()  # one commit, however it was named
+    assert row["dn_of_half_ceiling"] == pytest.approx(row["dn_mpx_s"] / (row["ceiling_mpx_s"] / 2), abs=0.01)
+    listed = subprocess.run(["git", "-C", SCRIPTS.parent, "worktree", "list"], capture_output=True, text=True)
+    assert listed.stdout.count("\n") == 1, listed.stdout
