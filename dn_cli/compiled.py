@@ -1,18 +1,25 @@
 """``--compile``: whether to run the converted generator through ``torch.compile``, and where its
 compiled kernels are kept.
 
-``auto`` compiles on CUDA only: there the compiled forward was measured at about 3× the eager
-one (ResNet-9, H200), while on a CPU the compile itself (tens of seconds on 2 cores) outweighs
-what it saves on all but long runs (docs/benchmarks.md, "The DN layer compiled").
+``auto`` compiles on CUDA (the compiled forward was measured at about 3× the eager one there,
+ResNet-9 on an H200). On a CPU it compiles a slide's model when what compiling saves on that
+slide is at least twice what it costs: the slide's forwards (tiles to run × passes) times an
+eager forward measured on this machine, against the compile time and speed-up this machine
+measured the last time it compiled this model at this geometry (``History``, kept beside the
+kernels: a second compile finds them cached and takes seconds), or a first guess from the
+machine of docs/benchmarks.md before it ever has. Once compiled, a run stays compiled.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
+import statistics
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,10 +30,103 @@ CHOICES = ("auto", "on", "off")
 
 
 def wanted(choice: str, device: torch.device) -> bool:
+    """Whether to compile from the start: ``on``, or ``auto`` on CUDA (on a CPU ``auto`` decides
+    slide by slide, :func:`worth_it`)."""
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 
-def keep_kernels_on_disk(warn: Callable[[str], None]) -> None:
+@dataclass(frozen=True)
+class Costs:
+    """What compiling costs and gives for one model at one geometry on one machine."""
+
+    compile_s: float  # compiling the graphs a translation runs (collect and apply), first forwards included
+    speedup: float  # eager forward time ÷ compiled forward time
+    cached: bool = False  # measured with the kernels already on disk
+
+
+# Before this machine has measured its own: the 2-core machine of docs/benchmarks.md, bundled model,
+# tiles of 512, kernels not yet cached ("--compile auto on a CPU").
+FIRST_GUESS = Costs(compile_s=60.0, speedup=1.3)
+PAYS = 2.0  # compile only when it saves at least this many times what it costs
+
+
+def worth_it(forwards: int, eager_forward_s: float, costs: Costs) -> tuple[bool, str]:
+    """(compile?, why, in words) for a job of ``forwards`` tile forwards at ``eager_forward_s``
+    seconds each eagerly."""
+    eager = forwards * eager_forward_s
+    saved = eager - eager / costs.speedup
+    kind = "measured here" if costs is not FIRST_GUESS else "first guess"
+    why = (
+        f"{forwards} tile forwards ≈ {eager:.0f} s eager; compiling ({costs.speedup:.2f}× faster, "
+        f"{costs.compile_s:.0f} s to compile, {kind}) would save ≈ {saved:.0f} s"
+    )
+    return saved >= PAYS * costs.compile_s, why
+
+
+class History:
+    """What compiling cost on this machine, by model and geometry, kept in ``folder`` (the kernel
+    cache: where the kernels are gone, so is what was learnt about them)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "dn-compile-history.json"
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def costs(self, key: str) -> Costs:
+        """The latest measured costs for ``key``; kernels compiled before are cached, so a compile
+        that was measured cold is expected to cost what a cached one did, if one was measured."""
+        entry = self._read().get(key)
+        if not entry:
+            return FIRST_GUESS
+        compile_s = entry.get("cached_s", entry["compile_s"] * CACHED_FRACTION)
+        return Costs(compile_s=compile_s, speedup=entry["speedup"], cached=True)
+
+    def record(self, key: str, measured: Costs) -> None:
+        entries = self._read()
+        entry = entries.get(key, {})
+        entry["speedup"] = round(measured.speedup, 3)
+        entry["cached_s" if measured.cached else "compile_s"] = round(measured.compile_s, 2)
+        entry.setdefault("compile_s", entry.get("cached_s"))
+        entries[key] = entry
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            temporary.write_text(json.dumps(entries, indent=1))
+            temporary.replace(self.path)  # runs sharing the cache never read half a file
+        except OSError:
+            temporary.unlink(missing_ok=True)  # a cache that cannot learn still compiles
+
+
+CACHED_FRACTION = 0.25  # a compile that finds its kernels on disk, until one is measured
+
+
+class Clock:
+    """The compiled forwards of one run, timed: the first of each graph compiles, the rest show
+    the compiled speed (CPU only: a CUDA forward returns before it has run)."""
+
+    def __init__(self) -> None:
+        self.first: dict[bool, tuple[int, float]] = {}  # graph (collecting?) → (tiles, seconds)
+        self.rest: dict[bool, list[float]] = {}  # graph → seconds per tile
+
+    def add(self, collecting: bool, tiles: int, seconds: float) -> None:
+        if collecting in self.first:
+            self.rest.setdefault(collecting, []).append(seconds / tiles)
+        else:
+            self.first[collecting] = (tiles, seconds)
+
+    def costs(self, eager_forward_s: float, cached: bool) -> Costs | None:
+        """Compile time and speed-up as measured, or None before both graphs ran twice."""
+        if set(self.rest) != set(self.first) or not self.rest.get(False):
+            return None
+        per_tile = {graph: statistics.median(times) for graph, times in self.rest.items()}
+        compile_s = sum(max(0.0, s - tiles * per_tile[g]) for g, (tiles, s) in self.first.items())
+        return Costs(compile_s=compile_s, speedup=eager_forward_s / per_tile[False], cached=cached)
+
+
+def keep_kernels_on_disk(warn: Callable[[str], None]) -> Path:
     """Compiled kernels go to the user's cache folder (``$XDG_CACHE_HOME/dn/inductor``), so a
     second run starts without compiling again; a folder set by the user is kept. Where it cannot
     be written (a read-only home, ``XDG_CACHE_HOME`` naming a file) kernels go to a temporary
@@ -42,6 +142,7 @@ def keep_kernels_on_disk(warn: Callable[[str], None]) -> None:
         cache = fallback
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     os.environ.setdefault("TRITON_CACHE_DIR", str(Path(cache) / "triton"))  # CUDA's kernels, not in ~/.triton
+    return Path(cache)
 
 
 def _cache_home() -> Path:

@@ -128,8 +128,10 @@ class RowWeights(NamedTuple):
 
 def row_weights(n: int, tile_size: int, margin: int, weighting: Weighting) -> RowWeights:
     """:func:`axis_weights` for the rows, with the split :func:`dense_fields` blends by."""
-    weights = axis_weights(n, tile_size, margin, weighting)
-    return RowWeights(weights, None if weighting == "flat" else int((weights[2] == 0).sum()))
+    # Rows centred above the tile's middle (k + ½ < n/2) mix the upper neighbour; a middle row
+    # (odd n) weighs the tile's own alone, on either side. Numbers, not a tensor's: nothing here may
+    # read a tensor back, or a compiled model breaks its graph at every layer.
+    return RowWeights(axis_weights(n, tile_size, margin, weighting), None if weighting == "flat" else n // 2)
 
 
 def blend_rows(along_x: torch.Tensor, rows: RowWeights, channels_last: bool = False) -> torch.Tensor:

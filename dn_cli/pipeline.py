@@ -7,6 +7,7 @@ never prints.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dn_cli.compiled import keep_kernels_on_disk
+from dn_cli.compiled import Clock, History, keep_kernels_on_disk, worth_it
 from dn_cli.dense_norm import DensePass, Neighbourhood, PassScope, collecting_model, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError, first_line
@@ -53,6 +54,9 @@ class TileRunner:
         self.max_batch = 1 << 30  # lowered when a batch turns out too big for the device
         self.eager: tuple[nn.Module, nn.Module] | None = None  # while compiled: the models to fall back on
         self.warn: Callable[[str], None] = lambda message: None
+        self.clock = Clock()  # the compiled forwards, timed (CPU)
+        self.eager_per_tile: dict[tuple[int, int], float] = {}  # (padded side, batch) → seconds, measured
+        self.learning: tuple[History, str, float, bool] | None = None  # where a measured compile is recorded
 
     def compile(self, warn: Callable[[str], None], backend: str | Callable = "inductor") -> None:
         """Run both passes through ``torch.compile``, the apply pass in its fused form. Each is
@@ -78,13 +82,53 @@ class TileRunner:
         """The forward's precision, named as ``--precision`` names it."""
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
+    def compile_if_it_pays(self, forwards: int, padded: int, batch: int, key: str, warn: Callable[[str], None]) -> str:
+        """``--compile auto`` on a CPU: compile now if a job of ``forwards`` tile forwards of
+        ``padded``-pixel tiles saves enough (``compiled.worth_it``), judged by one eager forward
+        timed here and what compiling ``key`` (model and geometry) cost this machine before.
+        Returns the choice and why, in words."""
+        history = History(keep_kernels_on_disk(warn))
+        costs = history.costs(key)
+        yes, why = worth_it(forwards, self.eager_seconds_per_tile(padded, batch), costs)
+        if yes:
+            self.compile(warn)
+            self.learning = (history, key, self.eager_per_tile[padded, batch], costs.cached)
+        return f"{'compiled' if yes else 'eager'}: {why}"
+
+    def eager_seconds_per_tile(self, padded: int, batch: int) -> float:
+        """One eager forward of ``batch`` blank tiles, timed (once per geometry; the second of two
+        runs, the first choosing kernels). Convolutions take as long whatever the pixels."""
+        if (padded, batch) not in self.eager_per_tile:
+            tiles = np.zeros((batch, padded, padded, 3), np.uint8)
+            self.forward(tiles, None)
+            start = time.perf_counter()
+            self.forward(tiles, None)
+            self.eager_per_tile[padded, batch] = (time.perf_counter() - start) / batch
+        return self.eager_per_tile[padded, batch]
+
+    def learn(self) -> None:
+        """Record what compiling cost, once a compile chosen by :meth:`compile_if_it_pays` has run
+        both graphs a few times: the next choice for that model and geometry starts from it."""
+        if self.learning is None or not self.compiled:
+            return
+        history, key, eager, cached = self.learning
+        measured = self.clock.costs(eager, cached)
+        if measured is not None:
+            history.record(key, measured)
+            self.learning = None
+
     def _call(self, collecting: bool, x: torch.Tensor):
         model = self.collecting if collecting else self.module
         if self.eager is None:
             return model(x)
         torch._dynamo.maybe_mark_dynamic(x, 0)
         try:
-            return model(x)
+            if self.device.type != "cpu":  # a CUDA forward returns before it has run: not timed
+                return model(x)
+            start = time.perf_counter()
+            y = model(x)
+            self.clock.add(collecting, len(x), time.perf_counter() - start)
+            return y
         except Exception as e:  # torch.compile raises many kinds; a real failure of the model shows eagerly
             if too_big(e):
                 raise

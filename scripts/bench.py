@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import dn_cli.huge_pages  # noqa: F401  (before torch allocates: as the dn command runs)
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dn_overhead import machine  # noqa: E402
 from bench_scaling import make_slide  # noqa: E402

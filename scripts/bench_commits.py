@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of every commit, interleaved")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still remove the worktrees
     shas = {
         c: subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", c], text=True).strip()
         for c in args.commits

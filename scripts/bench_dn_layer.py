@@ -8,10 +8,12 @@ model's own cost); the dense forward blends every feature pixel's moments from t
 around it. Their difference is what DN adds to a forward. Eagerly the dense layer writes two
 full-size fields (μ and r) and reads them back (``dense_fields``); compiled, it runs the fused
 form (``fused_dense_norm``), which inductor folds into the normalisation. Both forms are timed
-both ways (the eager layer uses fields, the compiled one the fused form). Each figure is the
-median of ``--repeats`` timed runs of ``--steps`` batches of real tissue tiles, after warm-up,
-plain and dense interleaved. ``--channels-last`` runs the model's weights and activations in
-channels-last memory order (NHWC), which convolution libraries prefer on some devices.
+eagerly, the fused one compiled too. The collect forward (cut after the last norm layer) is
+timed beside them, so each policy's cost per tile follows: ``in`` a plain forward, ``tin`` a
+dense one, ``dn`` and ``kin`` a collect and a dense. Each figure is the median of ``--repeats``
+timed runs of ``--steps`` batches of real tissue tiles, after warm-up, the forwards interleaved.
+``--channels-last`` runs the model's weights and activations in channels-last memory order
+(NHWC), which convolution libraries prefer on some devices.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 import torch
+
+import dn_cli.huge_pages  # noqa: F401  (before torch allocates: as the dn command runs)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dn_overhead import machine  # noqa: E402
@@ -109,24 +113,34 @@ def main() -> None:
     def dense() -> None:
         runner.forward(staged, neighbourhood)
 
+    def collect() -> None:
+        runner.collect(staged)
+
     results = {"machine": machine(), "model": name, "tile_size": args.tile_size, "batch_size": args.batch_size}
     results["device"], results["precision"] = str(device), args.precision
     results["channels_last"] = args.channels_last
-    base = runner.module
-    modes = [("eager", False), ("eager", True)] + ([] if args.no_compile else [("compiled", False), ("compiled", True)])
+    base, base_collecting = runner.module, runner.collecting
+    # Compiled, dn always runs the fused form (the fields form writes into slices, which dynamo
+    # cannot trace whole: it recompiles per layer; issue 18 measured it at twice the fused cost).
+    modes = [("eager", False), ("eager", True)] + ([] if args.no_compile else [("compiled", True)])
     for mode, fused in modes:
         for layer in base.modules():
             if isinstance(layer, DenseNorm2d):
                 layer.fused = fused
         torch._dynamo.reset()
         runner.module = torch.compile(base) if mode == "compiled" else base
-        timing = per_tile_ms({"plain": plain, "dense": dense}, len(tiles), args.steps, args.repeats, device)
+        runner.collecting = torch.compile(base_collecting) if mode == "compiled" else base_collecting
+        works = {"plain": plain, "dense": dense, "collect": collect}
+        timing = per_tile_ms(works, len(tiles), args.steps, args.repeats, device)
         timing["dn_cost"] = timing["dense"] - timing["plain"]
+        # What each policy runs per tile: in a plain forward, tin an apply, dn and kin a collect and an apply.
+        timing |= {"in": timing["plain"], "tin": timing["dense"], "dn": timing["collect"] + timing["dense"]}
         label = f"{mode}, {'fused' if fused else 'fields'}"
         results[label] = {key: round(value, 2) for key, value in timing.items()}
         print(
             f"{label:17s} plain {timing['plain']:8.2f} ms/tile   dense {timing['dense']:8.2f} ms/tile   "
-            f"DN adds {timing['dn_cost']:7.2f} ms/tile ({timing['dense'] / timing['plain']:.2f}×)",
+            f"DN adds {timing['dn_cost']:7.2f} ms/tile ({timing['dense'] / timing['plain']:.2f}×)   "
+            f"collect {timing['collect']:8.2f} ms/tile",
             file=sys.stderr,
         )
     print(json.dumps(results))

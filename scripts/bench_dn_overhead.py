@@ -21,6 +21,7 @@ import numpy as np
 import skimage.data
 import torch
 
+import dn_cli.huge_pages  # noqa: F401  (before torch allocates: as the dn command runs)
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.models import Generator
 from dn_cli.models.resnet import ResnetGenerator

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+import dn_cli.huge_pages  # noqa: F401  (before torch allocates: as the dn command runs)
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dn_overhead import machine, mirrored_tissue  # noqa: E402
 

@@ -71,6 +71,9 @@ def test_compiled_equals_eager_for_every_family_and_policy(tissue, family, polic
     runner.compile(warnings.append, backend="eager")
     compiled = translated(runner, image, policy, tile)
     assert warnings == [] and runner.compiled and graphs() > 0  # it did compile
+    # Whole graphs: a break (a tensor read back while tracing, issue 25) ran the compiled apply
+    # pass as dozens of pieces, slower than eager.
+    assert not counters["graph_break"], dict(counters["graph_break"])
     assert np.abs(compiled - eager).max() <= 1
 
 
@@ -151,3 +154,70 @@ def test_the_provenance_record_says_whether_the_model_ran_compiled(tmp_path, tis
         assert result.exit_code == 0, result.output
         record = json.loads(out.with_name(out.name + ".json").read_text())
         assert (record["compiled"], record["device"], record["precision"]) == (choice == "on", "cpu", "fp32")
+
+
+def test_auto_on_a_cpu_compiles_only_where_the_slide_repays_it():
+    """Saved time = forwards × eager forward × (1 − 1/speed-up), against twice the compile time."""
+    from dn_cli.compiled import Costs, worth_it
+
+    costs = Costs(compile_s=60, speedup=1.5)  # a third of every forward saved
+    assert not worth_it(100, 0.5, costs)[0]  # 50 s eager: 17 s saved, for 60 s of compiling
+    yes, why = worth_it(2000, 0.5, costs)  # 1000 s eager: 333 s saved
+    assert yes and "2000 tile forwards" in why and "save ≈ 333 s" in why
+    assert not worth_it(10**6, 0.5, Costs(compile_s=1, speedup=1.0))[0]  # no faster: never
+
+
+def test_the_history_learns_a_compile_and_expects_the_cached_one_to_be_quicker(tmp_path):
+    from dn_cli.compiled import CACHED_FRACTION, FIRST_GUESS, Clock, Costs, History
+
+    history = History(tmp_path)
+    assert history.costs("m") is FIRST_GUESS  # nothing measured here yet
+    clock = Clock()
+    for graph, first in ((True, 30.0), (False, 40.0)):  # the first forward of each graph compiles
+        clock.add(graph, 4, first)
+    assert clock.costs(eager_forward_s=0.5, cached=False) is None  # not yet run twice
+    for _ in range(3):
+        clock.add(True, 4, 0.8)
+        clock.add(False, 4, 1.0)
+    measured = clock.costs(eager_forward_s=0.5, cached=False)
+    assert measured == Costs(compile_s=30 - 0.8 + 40 - 1.0, speedup=2.0, cached=False)
+    history.record("m", measured)
+    expected = history.costs("m")  # its kernels are on disk now
+    assert expected.cached and expected.compile_s == pytest.approx(measured.compile_s * CACHED_FRACTION)
+    history.record("m", Costs(compile_s=3.0, speedup=1.9, cached=True))
+    assert history.costs("m") == Costs(compile_s=3.0, speedup=1.9, cached=True)
+    history.path.write_text("{not json")  # damaged: a guess again, and no failure
+    assert History(tmp_path).costs("m") is FIRST_GUESS
+
+
+def test_auto_on_a_cpu_decides_per_slide_says_why_and_learns(tmp_path, tissue, checkpoint, eager_backend, monkeypatch):
+    """A small slide runs eagerly and says why (--verbose, the provenance); where this machine
+    measured compiling as cheap and fast for this model, the same slide compiles, and what the
+    compile cost is recorded for the next choice."""
+    from dn_cli.compiled import Costs, History
+
+    cache = tmp_path / "kernels"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    image = tmp_path / "tissue.png"
+    save_picture(np.ascontiguousarray(tissue[:300, :300]), image)
+
+    def run(name: str) -> tuple[dict, str]:
+        out = tmp_path / f"{name}.tif"
+        args = ["translate", str(image), "-o", str(out), "--model", str(checkpoint), "--tile-size", "128"]
+        result = CliRunner().invoke(cli, [*args, "-q", "-v"])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.with_name(out.name + ".json").read_text()), result.stderr
+
+    record, said = run("first")
+    assert not record["compiled"] and record["compile_choice"].startswith("eager: 18 tile forwards")
+    assert f"dn: tissue.png: {record['compile_choice']}" in said and graphs() == 0
+    assert not History(cache).path.exists()  # nothing compiled, nothing learnt
+
+    expected = {}  # as if this machine had compiled this model quickly before, to great effect
+    cheap = Costs(compile_s=0.001, speedup=100.0, cached=True)
+    monkeypatch.setattr(History, "costs", lambda self, key: expected.setdefault(key, cheap))
+    record, said = run("second")
+    assert record["compiled"] and record["compile_choice"].startswith("compiled: 18 tile forwards") and graphs() > 0
+    (key,) = expected
+    learnt = json.loads(History(cache).path.read_text())[key]
+    assert learnt["speedup"] > 0 and "cached_s" in learnt  # measured on this slide, recorded for the next

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import click
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from dn_cli.batch import Job
@@ -29,6 +30,7 @@ from dn_cli.levels import plausible_mpp
 from dn_cli.outputs import Partial, check_name, clear_stale_partials
 from dn_cli.pipeline import TileRunner
 from dn_cli.pipeline import translate as run_translation
+from dn_cli.policies import collects
 from dn_cli.preview import side_by_side
 from dn_cli.provenance import provenance, read_sidecar, write_sidecar
 from dn_cli.slides import SlideImage
@@ -89,6 +91,8 @@ class Settings:
     min_tissue: float
     ome: bool
     quiet: bool
+    compile_model: str = "off"  # --compile: on a CPU, auto decides slide by slide
+    verbose: bool = False
 
     def options(self) -> dict:
         """The options that decide an output's pixels and bytes, as its provenance records them."""
@@ -256,6 +260,7 @@ def make_files(
             if s.tissue if s.tissue is not None else slide or job.tissue_mask is not None:
                 active, mask = tissue_tiles(job, source, grid, s, parts.get(job.tissue_mask))
             if job.output in parts:
+                compiling = choose_compile(runner, s, grid, active, label)
                 settings = {
                     "norm": s.policy,
                     "tile_size": grid.tile_size,
@@ -265,10 +270,12 @@ def make_files(
                     "device": runner.device.type,
                     "precision": runner.precision,
                     "compiled": runner.compiled,  # within a grey level of eager, not bit for bit
+                    "compile_choice": compiling,
                     "options": s.options(),  # what a later run compares its own with
                 }
                 record = provenance(job.source, s.model_path, s.model_sha256, s.family, settings)
                 translate_into(parts[job.output], source, runner, s, record, grid, active, bar(label, s.quiet), held)
+                runner.learn()
             if job.sidecar in parts:
                 write_sidecar(parts[job.sidecar].path, record)
             preview_failed = None
@@ -302,6 +309,23 @@ def make_files(
         "tiles_skipped": 0 if active is None else int((~active).sum()),
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def choose_compile(runner: TileRunner, s: Settings, grid: TileGrid, active: np.ndarray | None, label: str) -> str:
+    """Whether this slide runs compiled, and why, in words (the provenance records it, ``--verbose``
+    says it): ``--compile auto`` on a CPU compiles where this slide's forwards make it pay."""
+    if s.compile_model != "auto" or runner.device.type != "cpu":
+        return f"--compile {s.compile_model}" + (f" on {runner.device.type}" if s.compile_model == "auto" else "")
+    if runner.compiled:
+        return "compiled: compiled for an earlier slide of this run"
+    tiles = len(grid) if active is None else int(active.sum())
+    passes = 2 if collects(s.policy) else 1
+    key = f"{s.model_sha256[:16]} {runner.precision} {grid.padded_size}px ×{s.batch_size} torch {torch.__version__}"
+    warn = lambda message: click.echo(f"dn: warning: {message}", err=True)  # noqa: E731
+    choice = runner.compile_if_it_pays(tiles * passes, grid.padded_size, s.batch_size, key, warn)
+    if s.verbose:
+        click.echo(f"dn: {label}: {choice}", err=True)
+    return choice
 
 
 def warn_about_source(job: Job, source: ImageSource, s: Settings) -> bool:

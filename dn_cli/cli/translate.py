@@ -141,7 +141,9 @@ class PixelSize(click.ParamType):
     help="Model precision on the device (statistics stay float32); auto is fp16 on CUDA.",
 )
 @compile_option(
-    "auto", "Run the model through torch.compile (auto: on CUDA); a model that cannot compile runs eagerly."
+    "auto",
+    "Run the model through torch.compile (auto: on CUDA, and on a CPU for slides big enough to repay the "
+    "compile); a model that cannot compile runs eagerly.",
 )
 @click.option(
     "--tissue/--no-tissue",
@@ -206,6 +208,7 @@ class PixelSize(click.ParamType):
     "--overwrite", is_flag=True, help="Replace existing outputs (otherwise: refused for one file, skipped in a batch)."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Say what dn decides for each slide (compiling, on a CPU).")
 @debug_option
 @click.pass_context
 def translate(
@@ -244,6 +247,7 @@ def translate(
     as_json: bool,
     overwrite: bool,
     quiet: bool,
+    verbose: bool,
 ) -> None:
     """Translate INPUT images or slides with a generator, tile by tile, with Dense Normalization.
 
@@ -346,6 +350,8 @@ def translate(
         min_tissue=min_tissue,
         ome=output_format == "ome-tiff",
         quiet=quiet,
+        compile_model=compile_model,
+        verbose=verbose,
     )
     if devices_spec is not None and not one_file:  # one file: nothing to deal out, run on the first device
         cpu_workers = sum(select_device(name).type == "cpu" for name in devices)
