@@ -40,25 +40,29 @@ class Costs:
     """What compiling costs and gives for one model at one geometry on one machine."""
 
     compile_s: float  # compiling the graphs a translation runs (collect and apply), first forwards included
-    speedup: float  # eager forward time ÷ compiled forward time
+    forward_s: float | None  # a compiled tile forward (apply pass), None where not measured
     cached: bool = False  # measured with the kernels already on disk
 
 
 # Before this machine has measured its own: the 2-core machine of docs/benchmarks.md, bundled model,
 # tiles of 512, kernels not yet cached ("--compile auto on a CPU").
-FIRST_GUESS = Costs(compile_s=60.0, speedup=1.3)
+FIRST_GUESS = Costs(compile_s=60.0, forward_s=None)
+GUESSED_SPEEDUP = 1.3  # compiled over eager where the compiled forward was never timed here
 PAYS = 2.0  # compile only when it saves at least this many times what it costs
+CACHED_FRACTION = 0.25  # a compile that finds its kernels on disk, until one is measured
 
 
 def worth_it(forwards: int, eager_forward_s: float, costs: Costs) -> tuple[bool, str]:
     """(compile?, why, in words) for a job of ``forwards`` tile forwards at ``eager_forward_s``
     seconds each eagerly."""
+    speedup = eager_forward_s / costs.forward_s if costs.forward_s else GUESSED_SPEEDUP
     eager = forwards * eager_forward_s
-    saved = eager - eager / costs.speedup
+    saved = eager - eager / speedup
     kind = "measured here" if costs is not FIRST_GUESS else "first guess"
+    cached = ", kernels cached" if costs.cached else ""
     why = (
-        f"{forwards} tile forwards ≈ {eager:.0f} s eager; compiling ({costs.speedup:.2f}× faster, "
-        f"{costs.compile_s:.0f} s to compile, {kind}) would save ≈ {saved:.0f} s"
+        f"{forwards} tile forwards ≈ {eager:.0f} s eager; compiling ({speedup:.2f}× faster, "
+        f"{costs.compile_s:.0f} s to compile{cached}, {kind}) would save ≈ {saved:.0f} s"
     )
     return saved >= PAYS * costs.compile_s, why
 
@@ -76,19 +80,22 @@ class History:
         except (OSError, ValueError):
             return {}
 
+    def knows(self, key: str) -> bool:
+        return key in self._read()
+
     def costs(self, key: str) -> Costs:
         """The latest measured costs for ``key``; kernels compiled before are cached, so a compile
-        that was measured cold is expected to cost what a cached one did, if one was measured."""
+        measured without them is expected to cost a fraction, until one with them is measured."""
         entry = self._read().get(key)
         if not entry:
             return FIRST_GUESS
         compile_s = entry.get("cached_s", entry["compile_s"] * CACHED_FRACTION)
-        return Costs(compile_s=compile_s, speedup=entry["speedup"], cached=True)
+        return Costs(compile_s=compile_s, forward_s=entry.get("forward_s"), cached=True)
 
     def record(self, key: str, measured: Costs) -> None:
         entries = self._read()
         entry = entries.get(key, {})
-        entry["speedup"] = round(measured.speedup, 3)
+        entry["forward_s"] = round(measured.forward_s, 4)
         entry["cached_s" if measured.cached else "compile_s"] = round(measured.compile_s, 2)
         entry.setdefault("compile_s", entry.get("cached_s"))
         entries[key] = entry
@@ -98,9 +105,6 @@ class History:
             temporary.replace(self.path)  # runs sharing the cache never read half a file
         except OSError:
             temporary.unlink(missing_ok=True)  # a cache that cannot learn still compiles
-
-
-CACHED_FRACTION = 0.25  # a compile that finds its kernels on disk, until one is measured
 
 
 class Clock:
@@ -117,13 +121,13 @@ class Clock:
         else:
             self.first[collecting] = (tiles, seconds)
 
-    def costs(self, eager_forward_s: float, cached: bool) -> Costs | None:
-        """Compile time and speed-up as measured, or None before both graphs ran twice."""
+    def costs(self, cached: bool) -> Costs | None:
+        """Compile time and compiled forward as measured, or None before the graphs ran twice."""
         if set(self.rest) != set(self.first) or not self.rest.get(False):
             return None
         per_tile = {graph: statistics.median(times) for graph, times in self.rest.items()}
         compile_s = sum(max(0.0, s - tiles * per_tile[g]) for g, (tiles, s) in self.first.items())
-        return Costs(compile_s=compile_s, speedup=eager_forward_s / per_tile[False], cached=cached)
+        return Costs(compile_s=compile_s, forward_s=per_tile[False], cached=cached)
 
 
 def keep_kernels_on_disk(warn: Callable[[str], None]) -> Path:

@@ -56,7 +56,8 @@ class TileRunner:
         self.warn: Callable[[str], None] = lambda message: None
         self.clock = Clock()  # the compiled forwards, timed (CPU)
         self.eager_per_tile: dict[tuple[int, int], float] = {}  # (padded side, batch) → seconds, measured
-        self.learning: tuple[History, str, float, bool] | None = None  # where a measured compile is recorded
+        self.learning: tuple[History, str, bool] | None = None  # where a measured compile is recorded
+        self.learnt: set[str] = set()
 
     def compile(self, warn: Callable[[str], None], backend: str | Callable = "inductor") -> None:
         """Run both passes through ``torch.compile``, the apply pass in its fused form. Each is
@@ -92,7 +93,7 @@ class TileRunner:
         yes, why = worth_it(forwards, self.eager_seconds_per_tile(padded, batch), costs)
         if yes:
             self.compile(warn)
-            self.learning = (history, key, self.eager_per_tile[padded, batch], costs.cached)
+            self.learn_as(key, warn)
         return f"{'compiled' if yes else 'eager'}: {why}"
 
     def eager_seconds_per_tile(self, padded: int, batch: int) -> float:
@@ -106,16 +107,23 @@ class TileRunner:
             self.eager_per_tile[padded, batch] = (time.perf_counter() - start) / batch
         return self.eager_per_tile[padded, batch]
 
+    def learn_as(self, key: str, warn: Callable[[str], None]) -> None:
+        """Time this compiled run on a CPU, to record under ``key`` what compiling cost (:meth:`learn`)."""
+        if self.compiled and self.device.type == "cpu" and self.learning is None and key not in self.learnt:
+            history = History(keep_kernels_on_disk(warn))
+            self.learning = (history, key, history.knows(key))
+
     def learn(self) -> None:
-        """Record what compiling cost, once a compile chosen by :meth:`compile_if_it_pays` has run
-        both graphs a few times: the next choice for that model and geometry starts from it."""
+        """Record what compiling cost, once the compiled graphs have run a few times: the next
+        ``--compile auto`` choice for that model and geometry starts from it."""
         if self.learning is None or not self.compiled:
             return
-        history, key, eager, cached = self.learning
-        measured = self.clock.costs(eager, cached)
+        history, key, cached = self.learning
+        measured = self.clock.costs(cached)
         if measured is not None:
             history.record(key, measured)
             self.learning = None
+            self.learnt.add(key)
 
     def _call(self, collecting: bool, x: torch.Tensor):
         model = self.collecting if collecting else self.module

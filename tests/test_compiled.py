@@ -160,11 +160,11 @@ def test_auto_on_a_cpu_compiles_only_where_the_slide_repays_it():
     """Saved time = forwards × eager forward × (1 − 1/speed-up), against twice the compile time."""
     from dn_cli.compiled import Costs, worth_it
 
-    costs = Costs(compile_s=60, speedup=1.5)  # a third of every forward saved
+    costs = Costs(compile_s=60, forward_s=0.5 / 1.5)  # a third of every forward saved
     assert not worth_it(100, 0.5, costs)[0]  # 50 s eager: 17 s saved, for 60 s of compiling
     yes, why = worth_it(2000, 0.5, costs)  # 1000 s eager: 333 s saved
-    assert yes and "2000 tile forwards" in why and "save ≈ 333 s" in why
-    assert not worth_it(10**6, 0.5, Costs(compile_s=1, speedup=1.0))[0]  # no faster: never
+    assert yes and "2000 tile forwards" in why and "save ≈ 333 s" in why and "1.50× faster" in why
+    assert not worth_it(10**6, 0.5, Costs(compile_s=1, forward_s=0.5))[0]  # no faster: never
 
 
 def test_the_history_learns_a_compile_and_expects_the_cached_one_to_be_quicker(tmp_path):
@@ -175,25 +175,25 @@ def test_the_history_learns_a_compile_and_expects_the_cached_one_to_be_quicker(t
     clock = Clock()
     for graph, first in ((True, 30.0), (False, 40.0)):  # the first forward of each graph compiles
         clock.add(graph, 4, first)
-    assert clock.costs(eager_forward_s=0.5, cached=False) is None  # not yet run twice
+    assert clock.costs(cached=False) is None  # not yet run twice
     for _ in range(3):
         clock.add(True, 4, 0.8)
         clock.add(False, 4, 1.0)
-    measured = clock.costs(eager_forward_s=0.5, cached=False)
-    assert measured == Costs(compile_s=30 - 0.8 + 40 - 1.0, speedup=2.0, cached=False)
+    measured = clock.costs(cached=False)
+    assert measured == Costs(compile_s=30 - 0.8 + 40 - 1.0, forward_s=0.25, cached=False)
     history.record("m", measured)
     expected = history.costs("m")  # its kernels are on disk now
     assert expected.cached and expected.compile_s == pytest.approx(measured.compile_s * CACHED_FRACTION)
-    history.record("m", Costs(compile_s=3.0, speedup=1.9, cached=True))
-    assert history.costs("m") == Costs(compile_s=3.0, speedup=1.9, cached=True)
+    history.record("m", Costs(compile_s=3.0, forward_s=0.3, cached=True))
+    assert history.costs("m") == Costs(compile_s=3.0, forward_s=0.3, cached=True)
     history.path.write_text("{not json")  # damaged: a guess again, and no failure
     assert History(tmp_path).costs("m") is FIRST_GUESS
 
 
 def test_auto_on_a_cpu_decides_per_slide_says_why_and_learns(tmp_path, tissue, checkpoint, eager_backend, monkeypatch):
-    """A small slide runs eagerly and says why (--verbose, the provenance); where this machine
-    measured compiling as cheap and fast for this model, the same slide compiles, and what the
-    compile cost is recorded for the next choice."""
+    """A small slide runs eagerly and says why (--verbose, the provenance); a compiled run records
+    what compiling cost, and the next choice starts from it; where compiling was measured cheap
+    and fast for this model, the same slide compiles."""
     from dn_cli.compiled import Costs, History
 
     cache = tmp_path / "kernels"
@@ -201,10 +201,10 @@ def test_auto_on_a_cpu_decides_per_slide_says_why_and_learns(tmp_path, tissue, c
     image = tmp_path / "tissue.png"
     save_picture(np.ascontiguousarray(tissue[:300, :300]), image)
 
-    def run(name: str) -> tuple[dict, str]:
+    def run(name: str, *options: str) -> tuple[dict, str]:
         out = tmp_path / f"{name}.tif"
         args = ["translate", str(image), "-o", str(out), "--model", str(checkpoint), "--tile-size", "128"]
-        result = CliRunner().invoke(cli, [*args, "-q", "-v"])
+        result = CliRunner().invoke(cli, [*args, "-q", "-v", *options])
         assert result.exit_code == 0, result.output
         return json.loads(out.with_name(out.name + ".json").read_text()), result.stderr
 
@@ -213,11 +213,17 @@ def test_auto_on_a_cpu_decides_per_slide_says_why_and_learns(tmp_path, tissue, c
     assert f"dn: tissue.png: {record['compile_choice']}" in said and graphs() == 0
     assert not History(cache).path.exists()  # nothing compiled, nothing learnt
 
+    record, _ = run("asked", "--compile", "on")  # a compile asked for is timed too
+    (learnt,) = json.loads(History(cache).path.read_text()).values()
+    assert record["compiled"] and learnt["compile_s"] >= 0 and learnt["forward_s"] > 0 and "cached_s" not in learnt
+    record, said = run("after")  # decided from what was measured, kernels now cached
+    assert "measured here" in record["compile_choice"] and "kernels cached" in record["compile_choice"]
+
     expected = {}  # as if this machine had compiled this model quickly before, to great effect
-    cheap = Costs(compile_s=0.001, speedup=100.0, cached=True)
+    cheap = Costs(compile_s=0.001, forward_s=1e-6, cached=True)
     monkeypatch.setattr(History, "costs", lambda self, key: expected.setdefault(key, cheap))
     record, said = run("second")
     assert record["compiled"] and record["compile_choice"].startswith("compiled: 18 tile forwards") and graphs() > 0
     (key,) = expected
     learnt = json.loads(History(cache).path.read_text())[key]
-    assert learnt["speedup"] > 0 and "cached_s" in learnt  # measured on this slide, recorded for the next
+    assert learnt["forward_s"] > 0 and "cached_s" in learnt  # a cached compile measured too, for the next

@@ -314,14 +314,15 @@ def make_files(
 def choose_compile(runner: TileRunner, s: Settings, grid: TileGrid, active: np.ndarray | None, label: str) -> str:
     """Whether this slide runs compiled, and why, in words (the provenance records it, ``--verbose``
     says it): ``--compile auto`` on a CPU compiles where this slide's forwards make it pay."""
+    key = f"{s.model_sha256[:16]} {runner.precision} {grid.padded_size}px ×{s.batch_size} torch {torch.__version__}"
+    warn = lambda message: click.echo(f"dn: warning: {message}", err=True)  # noqa: E731
+    runner.learn_as(key, warn)  # a compiled run on a CPU, asked for or chosen, teaches the next choice
     if s.compile_model != "auto" or runner.device.type != "cpu":
         return f"--compile {s.compile_model}" + (f" on {runner.device.type}" if s.compile_model == "auto" else "")
     if runner.compiled:
         return "compiled: compiled for an earlier slide of this run"
     tiles = len(grid) if active is None else int(active.sum())
     passes = 2 if collects(s.policy) else 1
-    key = f"{s.model_sha256[:16]} {runner.precision} {grid.padded_size}px ×{s.batch_size} torch {torch.__version__}"
-    warn = lambda message: click.echo(f"dn: warning: {message}", err=True)  # noqa: E731
     choice = runner.compile_if_it_pays(tiles * passes, grid.padded_size, s.batch_size, key, warn)
     if s.verbose:
         click.echo(f"dn: {label}: {choice}", err=True)
