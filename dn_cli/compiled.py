@@ -49,6 +49,9 @@ class Costs:
 FIRST_GUESS = Costs(compile_s=60.0, forward_s=None)
 GUESSED_SPEEDUP = 1.3  # compiled over eager where the compiled forward was never timed here
 PAYS = 2.0  # compile only when it saves at least this many times what it costs
+# Fewer tile forwards are not weighed (nor is the model timed for them): the quickest compile
+# measured here, 10 s with cached kernels, needs hundreds of forwards to be repaid twice.
+MIN_FORWARDS = 64
 CACHED_FRACTION = 0.25  # a compile that finds its kernels on disk, until one is measured
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dn_cli.compiled import Clock, History, keep_kernels_on_disk, worth_it
+from dn_cli.compiled import MIN_FORWARDS, Clock, History, keep_kernels_on_disk, worth_it
 from dn_cli.dense_norm import DensePass, Neighbourhood, PassScope, collecting_model, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError, first_line
@@ -88,6 +88,8 @@ class TileRunner:
         ``padded``-pixel tiles saves enough (``compiled.worth_it``), judged by one eager forward
         timed here and what compiling ``key`` (model and geometry) cost this machine before.
         Returns the choice and why, in words."""
+        if forwards < MIN_FORWARDS:
+            return f"eager: {forwards} tile forwards, too few to repay a compile"
         history = History(keep_kernels_on_disk(warn))
         costs = history.costs(key)
         yes, why = worth_it(forwards, self.eager_seconds_per_tile(padded, batch), costs)
@@ -101,9 +103,12 @@ class TileRunner:
         runs, the first choosing kernels). Convolutions take as long whatever the pixels."""
         if (padded, batch) not in self.eager_per_tile:
             tiles = np.zeros((batch, padded, padded, 3), np.uint8)
-            self.forward(tiles, None)
-            start = time.perf_counter()
-            self.forward(tiles, None)
+            try:
+                self.forward(tiles, None)
+                start = time.perf_counter()
+                self.forward(tiles, None)
+            except ModelError as e:
+                raise ModelError(f"{e} (on blank tiles, timing the model for --compile auto)") from e
             self.eager_per_tile[padded, batch] = (time.perf_counter() - start) / batch
         return self.eager_per_tile[padded, batch]
 

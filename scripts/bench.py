@@ -10,7 +10,8 @@ stages interleaved and repeated three times, the ceiling taken on the slide's ow
 same batch size), on a real-tissue slide (scikit-image's IHC photograph repeated, tiled pyramidal
 TIFF at 0.5 µm/px, read through OpenSlide, written as a pyramidal JPEG TIFF), for ``in`` and
 ``dn``, as a fraction of the ceiling (``dn`` runs two forwards per tile, so its target is half
-the ceiling); a fraction above 1.05 would be a measurement bug. DN overhead: time spent inside the DN
+the ceiling; its collect pass stops after the last norm layer, so it may exceed 1); for ``in``
+a fraction above 1.05 would be a measurement bug. DN overhead: time spent inside the DN
 layers in dense mode beyond what plain InstanceNorm costs, per tile.
 """
 
