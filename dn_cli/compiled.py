@@ -4,10 +4,10 @@ compiled kernels are kept.
 ``auto`` compiles on CUDA (the compiled forward was measured at about 3× the eager one there,
 ResNet-9 on an H200). On a CPU it compiles a slide's model when what compiling saves on that
 slide is at least twice what it costs: the slide's forwards (tiles to run × passes) times an
-eager forward measured on this machine, against the compile time and speed-up this machine
-measured the last time it compiled this model at this geometry (``History``, kept beside the
-kernels: a second compile finds them cached and takes seconds), or a first guess from the
-machine of docs/benchmarks.md before it ever has. Once compiled, a run stays compiled.
+eager forward timed there, against the compile time and compiled forward this machine measured
+the last time it compiled this model at this geometry (``History``, kept beside the kernels: a
+second compile finds them cached and takes seconds), or a first guess from the machine of
+docs/benchmarks.md before it ever has. Once compiled, a run stays compiled.
 """
 
 from __future__ import annotations

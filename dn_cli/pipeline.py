@@ -54,7 +54,7 @@ class TileRunner:
         self.max_batch = 1 << 30  # lowered when a batch turns out too big for the device
         self.eager: tuple[nn.Module, nn.Module] | None = None  # while compiled: the models to fall back on
         self.warn: Callable[[str], None] = lambda message: None
-        self.clock = Clock()  # the compiled forwards, timed (CPU)
+        self.clock = Clock()  # the compiled forwards, timed while learning what compiling costs
         self.eager_per_tile: dict[tuple[int, int], float] = {}  # (padded side, batch) → seconds, measured
         self.learning: tuple[History, str, bool] | None = None  # where a measured compile is recorded
         self.learnt: set[str] = set()
@@ -117,6 +117,7 @@ class TileRunner:
         if self.compiled and self.device.type == "cpu" and self.learning is None and key not in self.learnt:
             history = History(keep_kernels_on_disk(warn))
             self.learning = (history, key, history.knows(key))
+            self.clock = Clock()  # from this geometry's first forward, which compiles
 
     def learn(self) -> None:
         """Record what compiling cost, once the compiled graphs have run a few times: the next
@@ -136,7 +137,7 @@ class TileRunner:
             return model(x)
         torch._dynamo.maybe_mark_dynamic(x, 0)
         try:
-            if self.device.type != "cpu":  # a CUDA forward returns before it has run: not timed
+            if self.learning is None:  # timed only to learn, on a CPU (a CUDA forward returns before it has run)
                 return model(x)
             start = time.perf_counter()
             y = model(x)
