@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from dn_cli.geometry import Box, TileGrid, fit_grid
-from dn_cli.image_io import PyramidTiffSink
 from dn_cli.images import ImageSource
 from dn_cli.models import Generator
 from dn_cli.pipeline import TileRunner, translate
 from dn_cli.prefetch import TileReader
+from dn_cli.pyramid_tiff import PyramidTiffSink
 
 MAX_MEGAPIXELS = 64  # the part of a big slide that is measured: enough to time, little enough to hold
 

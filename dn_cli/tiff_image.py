@@ -2,7 +2,7 @@
 BigTIFF exports — read region by region: only the strips or tiles a region covers are read
 and decoded, so memory stays bounded whatever the image's size.
 
-The only module that imports tifffile (for the file's layout and its codecs).
+The only module that reads TIFFs with tifffile (``pyramid_tiff`` writes them).
 """
 
 from __future__ import annotations
@@ -269,18 +269,6 @@ class _LevelPart:
 
     def read(self, box: Box) -> np.ndarray:
         return self.image._read_level(box, self.level)
-
-
-def forget_resolution(path: Path) -> None:
-    """Make every image of a TIFF say it has no physical pixel size (ResolutionUnit NONE):
-    libvips always writes one, 1 pixel per mm where it is given none, and dn must not claim a
-    pixel size it does not know."""
-    with tifffile.TiffFile(path, mode="r+") as tif:
-        pages = {page.offset: page for page in tif.pages}
-        pages |= {level.keyframe.offset: level.keyframe for series in tif.series for level in series.levels}
-        for page in pages.values():
-            if (unit := page.tags.get("ResolutionUnit")) is not None:
-                unit.overwrite(tifffile.RESUNIT.NONE)
 
 
 def _rgb(pixels: np.ndarray) -> np.ndarray:

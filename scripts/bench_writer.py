@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_dn_overhead import machine, mirrored_tissue  # noqa: E402
 
 from dn_cli.geometry import TileGrid  # noqa: E402
-from dn_cli.image_io import PyramidTiffSink  # noqa: E402
 from dn_cli.images import ArrayImage, Canvas  # noqa: E402
 from dn_cli.models import DEMO_MODEL, load_generator  # noqa: E402
 from dn_cli.pipeline import TileRunner, translate  # noqa: E402
+from dn_cli.pyramid_tiff import PyramidTiffSink  # noqa: E402
 
 
 def writer_mpx_per_s(pixels, compression: str) -> float:

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from dn_cli.cli import cli
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
-from dn_cli.image_io import PyramidTiffSink
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.outputs import Partial
 from dn_cli.pipeline import TileRunner, translate
+from dn_cli.pyramid_tiff import PyramidTiffSink
 
 
 def slide_file(path, pixels, mpp=0.5):
@@ -220,15 +220,3 @@ def test_a_failure_before_the_first_tile_stops_the_writer(tmp_path, tissue, gene
             active=active,
         )
     assert not sink._thread.is_alive()
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (16, 37), (17, 37), (300, 350)])
-def test_the_strip_tiff_layout_is_a_tiff_of_the_rows(tissue, shape):
-    import io
-
-    from dn_cli.strip_tiff import strip_tiff_header
-
-    pixels = np.ascontiguousarray(np.concatenate([tissue] * 2)[: shape[0], : shape[1]])
-    stream = strip_tiff_header(shape[1], shape[0]) + pixels.tobytes()
-    np.testing.assert_array_equal(tifffile.imread(io.BytesIO(stream)), pixels)
-    np.testing.assert_array_equal(pyvips.Image.new_from_buffer(stream, "").numpy().reshape(pixels.shape), pixels)

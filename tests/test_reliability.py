@@ -18,11 +18,11 @@ from torch import nn
 from dn_cli.cli import cli
 from dn_cli.errors import DeviceMemoryError, ModelError, OutputError
 from dn_cli.geometry import Box
-from dn_cli.image_io import PyramidTiffSink
 from dn_cli.models import Generator
 from dn_cli.outputs import Partial, clear_stale_partials
 from dn_cli.pipeline import TileRunner
 from dn_cli.provenance import write_sidecar
+from dn_cli.pyramid_tiff import PyramidTiffSink
 
 from .test_pyramid_output import slide_file
 

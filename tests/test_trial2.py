@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dn_cli.geometry import Box
-from dn_cli.image_io import PyramidTiffSink
+from dn_cli.pyramid_tiff import PyramidTiffSink
 from dn_cli.sources import open_source
 
 from .test_reliability import dn, files_in, one_error_line, partials, png
@@ -358,9 +358,9 @@ def test_upsampling_is_bounded_and_names_the_size(tmp_path, checkpoint, tissue, 
 
 
 def test_an_abort_does_not_write_the_rest_of_the_image(tmp_path):
-    """libvips used to compute and compress every unwritten row before failing on the short
-    stream (minutes on a big slide; Slurm kills after 30 s): its kill flag now stops it, so the
-    temporary holds about what was written (a flat band here), not the whole 16384² pyramid."""
+    """The writer once computed and compressed every unwritten row before failing on the short
+    stream (minutes on a big slide; Slurm kills after 30 s): an abort stops it at the next strip,
+    so the temporary holds about what was written (a flat band here), not the whole 16384² pyramid."""
     path = tmp_path / "big.tif"
     sink = PyramidTiffSink(path, 16384, 16384)
     for y in range(0, 2048, 512):

@@ -30,12 +30,13 @@ from dn_cli.cli.workers import Dealer, Shared, parse_devices
 from dn_cli.device import PRECISIONS, autocast_dtype, select_device
 from dn_cli.errors import DnError, OutputError, first_line, plural
 from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
-from dn_cli.image_io import OUTPUT_SUFFIXES, PICTURE_SUFFIXES, TIFF_COMPRESSIONS, check_output
+from dn_cli.image_io import OUTPUT_SUFFIXES, PICTURE_SUFFIXES, check_output
 from dn_cli.models import load_generator
 from dn_cli.outputs import is_busy, shortened, too_long
 from dn_cli.pipeline import TileRunner
 from dn_cli.policies import POLICIES
 from dn_cli.provenance import file_sha256
+from dn_cli.tiff_tiles import TIFF_COMPRESSIONS
 
 
 def read_inputs(inputs: tuple[Path, ...], null: bool = False) -> list[Path]:
