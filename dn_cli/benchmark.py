@@ -78,9 +78,11 @@ def measure(
     margin: int,
     batch_size: int,
     repeats: int = 3,
+    host_only: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Rates of every stage (median and spread over ``repeats``), and the bottleneck."""
+    """Rates of every stage (median and spread over ``repeats``), and the bottleneck; with
+    ``host_only``, of the stages without the model: what the host can feed a GPU."""
     grid = fit_grid(source.width, source.height, tile_size, margin, runner.stride, runner.min_size)
     rows = max(1, min(grid.rows, int(MAX_MEGAPIXELS * 1e6 // (source.width * grid.tile_size))))
     part = TopRows(source, min(source.height, rows * grid.tile_size)) if rows < grid.rows else source
@@ -127,7 +129,10 @@ def measure(
         "in": pipeline("in", runner),
         "dn": pipeline("dn", runner),
     }
-    model()  # warm-up: first forwards allocate and choose kernels
+    if host_only:
+        stages = {name: stages[name] for name in ("read", "write", "null")}
+    else:
+        model()  # warm-up: first forwards allocate and choose kernels
     samples: dict[str, list[float]] = {name: [] for name in stages}
     for repeat in range(repeats):
         for name, work in stages.items():  # interleaved: drifts of the machine affect every stage alike
@@ -135,7 +140,9 @@ def measure(
                 progress(f"{name} ({repeat + 1}/{repeats})")
             samples[name].append(_rate(megapixels, work, runner.device))
     rates = {name: statistics.median(values) for name, values in samples.items()}
-    alone = {"reads": rates["read"], "model": rates["ceiling"] / 2, "writer": rates["write"]}  # dn: two forwards
+    alone = {"reads": rates["read"], "writer": rates["write"]}
+    if not host_only:
+        alone["model"] = rates["ceiling"] / 2  # dn: two forwards
     return {
         **{f"{name}_mpx_s": round(rate, 3) for name, rate in rates.items()},
         "spread": {f"{name}_mpx_s": [round(min(v), 3), round(max(v), 3)] for name, v in samples.items()},

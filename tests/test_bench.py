@@ -41,6 +41,16 @@ def test_bench_on_a_given_slide_for_people(tmp_path, tissue, checkpoint):
     assert lines[-1].startswith("bottleneck: ")
 
 
+def test_host_only_bench_measures_what_a_gpu_can_be_fed_without_running_the_model():
+    result = CliRunner().invoke(cli, ["bench", "--size", "512", "--tile-size", "128", "--repeats", "1", "--host-only"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["slide", "writer", "pipeline"] and len(lines) == 5
+    assert lines[-1] in ("bottleneck: reads", "bottleneck: writer")
+    report = json.loads(CliRunner().invoke(cli, ["bench", "--quick", "--host-only", "--json"]).stdout)
+    assert set(report["spread"]) == {"read_mpx_s", "write_mpx_s", "null_mpx_s"} and report["repeats"] == 1
+
+
 def test_quick_bench_measures_a_small_slide_once():
     result = CliRunner().invoke(cli, ["bench", "--quick", "--tile-size", "256", "--json"])
     assert result.exit_code == 0, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -113,3 +114,17 @@ def test_commit_bench_runs_dn_bench_at_each_commit_in_its_own_worktree():
     assert row["dn_of_half_ceiling"] == pytest.approx(row["dn_mpx_s"] / (row["ceiling_mpx_s"] / 2), abs=0.01)
     listed = subprocess.run(["git", "-C", SCRIPTS.parent, "worktree", "list"], capture_output=True, text=True)
     assert listed.stdout.count("\n") == 1, listed.stdout
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+def test_commit_bench_measures_the_host_stages_on_one_core_then_two():
+    args = ("HEAD", "--cores", "1", "2", "--host-only", "--size", "512", "--repeats", "1", "--rounds", "1", "--json")
+    results = last_json(run_script("bench_commits.py", *args))
+    (one, two) = results["commits"].values()
+    assert set(one) == {"read_mpx_s", "write_mpx_s", "null_mpx_s", "null_of_reads_and_writer"}
+    fed = 1 / (1 / two["read_mpx_s"] + 1 / two["write_mpx_s"])
+    assert two["null_of_reads_and_writer"] == pytest.approx(two["null_mpx_s"] / fed, abs=0.01)
+    ((name, scaling),) = results["scaling"].items()
+    assert name.endswith("2 ÷ 1 cores") and scaling["write_mpx_s"] == pytest.approx(
+        two["write_mpx_s"] / one["write_mpx_s"], abs=0.01
+    )

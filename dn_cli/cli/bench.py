@@ -55,6 +55,12 @@ LABELS = {
     help=f"A {QUICK_SIZE}² slide, each stage measured once: a rough figure in about a minute on a CPU "
     "(the default takes about 11 minutes there).",
 )
+@click.option(
+    "--host-only",
+    is_flag=True,
+    help="Only the stages without the model (reads, writer, the pipeline with a pass-through): "
+    "what this host can feed a GPU.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @debug_option
 def bench(
@@ -71,6 +77,7 @@ def bench(
     size: int,
     repeats: int,
     quick: bool,
+    host_only: bool,
     as_json: bool,
 ) -> None:
     """Measure reads, model, writer and the whole pipeline on SLIDE (default: a slide of real tissue
@@ -89,9 +96,10 @@ def bench(
             write_test_slide(slide, Path(str(importlib.resources.files("dn_cli.examples") / "sample_ihc.tif")), size)
         with open_source(slide) as source:
             options = {"tile_size": tile_size, "margin": margin, "batch_size": batch_size, "repeats": repeats}
+            options["host_only"] = host_only
             say = None if as_json else lambda stage: click.echo(f"  measuring {stage}…", err=True)
             report = measure(source, runner, **options, progress=say)
-            if compiled.wanted(compile_model, torch_device):
+            if compiled.wanted(compile_model, torch_device) and not host_only:
                 fast = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
                 fast.compile(lambda message: click.echo(f"dn: warning: {message}", err=True))
                 again = measure(source, fast, **options, progress=say and (lambda stage: say(f"{stage}, compiled")))
@@ -101,7 +109,7 @@ def bench(
         click.echo(json.dumps(report))
         return
     click.echo(f"{report['device']}, {report['model']}, {report['slide']}: {report['megapixels']} Mpx measured")
-    for key, label in LABELS.items():
+    for key, label in ((k, v) for k, v in LABELS.items() if f"{k}_mpx_s" in report):
         low, high = report["spread"][f"{key}_mpx_s"]
         click.echo(f"  {label:30s} {report[f'{key}_mpx_s']:9.2f} Mpx/s  ({low:.2f}–{high:.2f})")
     for key in COMPILED_KEYS if "compiled" in report else ():
