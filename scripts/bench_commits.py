@@ -68,11 +68,12 @@ def main() -> None:
         c: subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", c], text=True).strip()
         for c in args.commits
     }
-    settings = [(sha, cores) for sha in shas.values() for cores in (args.cores or [None])]
+    unique = list(dict.fromkeys(shas.values()))  # HEAD and its sha are one commit
+    settings = [(sha, cores) for sha in unique for cores in (args.cores or [None])]
     runs: dict[tuple, list[dict]] = {setting: [] for setting in settings}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {}
-        for sha in shas.values():
+        for sha in unique:
             trees[sha] = Path(tmp) / sha
             subprocess.run(
                 ["git", "-C", ROOT, "worktree", "add", "--detach", trees[sha], sha], check=True, capture_output=True
