@@ -73,20 +73,21 @@ def main() -> None:
     runs: dict[tuple, list[dict]] = {setting: [] for setting in settings}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {}
-        for sha in unique:
-            trees[sha] = Path(tmp) / sha
-            subprocess.run(
-                ["git", "-C", ROOT, "worktree", "add", "--detach", trees[sha], sha], check=True, capture_output=True
-            )
         try:
+            for sha in unique:
+                trees[sha] = Path(tmp) / sha
+                subprocess.run(
+                    ["git", "-C", ROOT, "worktree", "add", "--detach", trees[sha], sha], check=True, capture_output=True
+                )
             for round_ in range(args.rounds):
                 for sha, cores in settings:
                     on = "" if cores is None else f" on {cores} core(s)"
                     print(f"round {round_ + 1}/{args.rounds}: {sha}{on}", file=sys.stderr)
                     runs[sha, cores].append(bench_at(trees[sha], args, cores))
         finally:
-            for tree in trees.values():
+            for tree in trees.values():  # one that failed to be made is pruned
                 subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=False)
+            subprocess.run(["git", "-C", ROOT, "worktree", "prune"], check=False)
     keys = HOST_KEYS if args.host_only else (*MODEL_KEYS, "null_mpx_s", "write_mpx_s")
     table = {}
     for (sha, cores), results in runs.items():
