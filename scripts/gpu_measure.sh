@@ -42,6 +42,11 @@ stamp "dn bench, 8192² tissue slide (reads, ceiling, writer, null, in, dn), eag
 timeout 420 python3 -m dn_cli bench --device cuda --model /tmp/cg64.pth --size 8192 --batch-size 16 --repeats 1 --compile on 2>&1 | grep -v "measuring"
 timeout 180 python3 -m dn_cli bench --device cuda --size 8192 --batch-size 16 --repeats 1 2>&1 | grep -v "measuring"
 
+stamp "host stages (reads, writer, null) on 1, 2, 4, 8 and 16 cores, 8192² slide: does the host keep up?"
+for cores in 1 2 4 8 16; do
+  echo "cores: $cores"; timeout 120 taskset -c 0-$((cores - 1)) python3 -m dn_cli bench --host-only --size 8192 --repeats 1 --json
+done
+
 stamp "16384² real-tissue slide"
 python3 -c "
 import sys; sys.path.insert(0, 'scripts')
