@@ -29,6 +29,7 @@ import tifffile
 from dn_cli.errors import OutputError, first_line
 from dn_cli.geometry import Box
 from dn_cli.native_paths import printable
+from dn_cli.outputs import os_reason
 from dn_cli.stopping import Stop
 from dn_cli.tiff_tiles import TILE, TileCodec, halve, level_sizes
 
@@ -55,23 +56,23 @@ class _Level:
     ) -> None:
         (self.width, self.height), self._codec, self._pool, self._out, self._below = size, codec, pool, out, below
         self._rows: list[np.ndarray] = []  # of the strip being gathered
-        self._gathered = self._received = 0
+        self.received = 0
         self._in_flight: deque[tuple[list[Future[bytes]], Future[np.ndarray] | None]] = deque()
 
     def add(self, rows: np.ndarray) -> None:
         """The level's next rows (its last strip goes out when its last row arrives)."""
-        self._received += len(rows)
+        self.received += len(rows)
         while len(rows):
-            take = min(TILE - self._gathered, len(rows))
+            take = min(TILE - sum(map(len, self._rows)), len(rows))
             self._rows.append(rows[:take])
-            self._gathered, rows = self._gathered + take, rows[take:]
-            if self._gathered == TILE or self._received == self.height and not len(rows):
+            rows = rows[take:]
+            if sum(map(len, self._rows)) == TILE or self.received == self.height and not len(rows):
                 strip = self._rows[0] if len(self._rows) == 1 else np.concatenate(self._rows)
                 encode = self._codec.encode
                 tiles = [self._pool.submit(encode, strip[:, x : x + TILE]) for x in range(0, self.width, TILE)]
                 halved = self._pool.submit(halve, strip) if self._below is not None else None
                 self._in_flight.append((tiles, halved))
-                self._rows, self._gathered = [], 0
+                self._rows = []
 
     def settle(self, ahead: int) -> None:
         """Hand on the strips already compressed, in order, waiting until at most ``ahead`` are
@@ -197,12 +198,10 @@ class PyramidTiffSink:
 
     def _top_tiles(self, top: _Level, ready: deque) -> Iterator[bytes]:
         """Level 0's compressed tiles in order, as the rows arrive."""
-        received = 0
-        while received < self.height:
+        while top.received < self.height:
             band = self._bands.get()
             if band is None or self._aborted:
                 raise OutputError("aborted")
-            received += len(band)
             top.add(band)
             top.settle(AHEAD)
             while ready:
@@ -231,7 +230,8 @@ class PyramidTiffSink:
 
     def _raise_failure(self) -> None:
         e = self._failure
-        raise OutputError(f"cannot write {self.name}: {reason(e) if e is not None else 'the writer stopped'}") from e
+        why = "the writer stopped" if e is None else os_reason(e) if isinstance(e, OSError) else first_line(e)
+        raise OutputError(f"cannot write {self.name}: {why}") from e
 
     def write(self, box: Box, pixels: np.ndarray) -> None:
         if self._band is None:
@@ -262,13 +262,6 @@ class PyramidTiffSink:
                     self._bands.get_nowait()
                 except queue.Empty:
                     pass
-
-
-def reason(error: BaseException) -> str:
-    """Why writing failed, in words: the operating system's reason where it gives one."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
-    return first_line(error)
 
 
 def ome_xml(name: str, width: int, height: int, mpp: float | None, comment: str) -> str:
