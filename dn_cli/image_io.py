@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pyvips
 
 from dn_cli.errors import InputError, OutputError, first_line
 from dn_cli.geometry import Box
+from dn_cli.handover import never
 from dn_cli.images import Canvas, ClosedOnExit, block_thumbnail
 from dn_cli.levels import plausible_mpp
 from dn_cli.native_paths import native
@@ -170,8 +172,10 @@ def open_sink(
     description: str,
     ome: bool = False,
     name: str | None = None,
+    should_stop: Callable[[], bool] = never,
 ) -> ImageFileSink | PyramidTiffSink:
-    """A pyramidal TIFF for ``.tif`` paths (OME-TIFF with ``ome``), an in-memory PNG / JPEG otherwise."""
+    """A pyramidal TIFF for ``.tif`` paths (OME-TIFF with ``ome``), an in-memory PNG / JPEG otherwise.
+    ``should_stop``: asked by the TIFF writer while the caller waits for it."""
     if path.suffix.lower() in PYRAMID_SUFFIXES:
         return PyramidTiffSink(
             path,
@@ -183,6 +187,7 @@ def open_sink(
             description=description,
             ome=ome,
             name=name,
+            should_stop=should_stop,
         )
     return ImageFileSink(path, width, height, quality, name)
 

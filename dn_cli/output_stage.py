@@ -14,13 +14,12 @@ has arrived: where tiles are skipped, memory holds two more rows of tiles.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable
 
 import numpy as np
 
 from dn_cli.geometry import TileGrid
+from dn_cli.handover import Handover
 from dn_cli.images import Sink
 
 EDGE = 16  # pixels: the strip of a translated neighbour whose glass a skipped tile's side takes
@@ -73,37 +72,29 @@ class OutputStage:
         self._sink, self._grid, self._progress = sink, grid, progress
         self._background = np.asarray(background, np.uint8)
         self._lookahead = skipping
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="dn-write", daemon=True)
-        self._thread.start()
+        self._handover: Handover = Handover(self._work, "dn-write", depth)
 
-    def _work(self) -> None:
+    def _work(self, take: Callable) -> None:
         grid = self._grid
         held: dict[int, np.ndarray | None] = {}  # by tile index: translated pixels, None where skipped
         written = arrived = 0  # tiles written; tiles handed over
-        try:
-            while (item := self._queue.get()) is not None:
-                tiles, translated, result = item
-                pixels = {} if result is None else dict(zip(translated, result(), strict=True))
-                for i in tiles:
-                    held[i] = pixels.get(i)
-                arrived = tiles.stop
-                while written < arrived and arrived >= self._needed(written):
-                    self._write(written, held)
-                    written += 1
-                if self._progress is not None:
-                    self._progress(written, len(grid))
-            if written < len(grid):  # the end: the last row has no row below to wait for
-                while written < len(grid):
-                    self._write(written, held)
-                    written += 1
-                if self._progress is not None:
-                    self._progress(written, len(grid))
-        except BaseException as e:  # reported to the feeding loop by put / close
-            self._failure = e
-            while self._queue.get() is not None:  # let the feeding loop go on to its next check
-                pass
+        while (item := take()) is not None:
+            tiles, translated, result = item
+            pixels = {} if result is None else dict(zip(translated, result(), strict=True))
+            for i in tiles:
+                held[i] = pixels.get(i)
+            arrived = tiles.stop
+            while written < arrived and arrived >= self._needed(written):
+                self._write(written, held)
+                written += 1
+            if self._progress is not None:
+                self._progress(written, len(grid))
+        if written < len(grid):  # the end: the last row has no row below to wait for
+            while written < len(grid):
+                self._write(written, held)
+                written += 1
+            if self._progress is not None:
+                self._progress(written, len(grid))
 
     def _needed(self, index: int) -> int:
         """How many tiles must have arrived before tile ``index`` is written: itself, and where
@@ -146,37 +137,15 @@ class OutputStage:
         sides = {side: side_colour(strip, self._background) for side, strip in strips.items()}
         return glass_field(height, width, sides)
 
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-
     def put(self, tiles: range, translated: list[int], result: Callable[[], np.ndarray] | None) -> None:
         """Hand over one step: its tiles, those of them translated, and the function that waits for
         their pixels (``TileRunner.apply_async``); raises what went wrong with an earlier step."""
-        self._raise_failure()
-        while True:
-            try:
-                self._queue.put((tiles, translated, result), timeout=0.5)
-                return
-            except queue.Full:  # the writer is behind: wait, but hear its failure and Ctrl-C
-                self._raise_failure()
+        self._handover.put((tiles, translated, result))
 
     def close(self) -> None:
         """Wait until everything handed over is written."""
-        self._queue.put(None)
-        while self._thread.is_alive():
-            self._thread.join(timeout=0.5)
-        self._raise_failure()
+        self._handover.close()
 
     def abort(self) -> None:
         """Stop without writing what is still queued."""
-        while self._thread.is_alive():
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                pass
-            self._thread.join(timeout=0.1)
+        self._handover.abort()

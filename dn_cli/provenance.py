@@ -21,13 +21,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def provenance(source: Path, model: Path, model_sha256: str, family: str, settings: dict) -> dict:
-    """Tool version, model and its hash, settings, source and command line of one translation."""
+def provenance(source: Path, model: str, model_sha256: str, family: str, settings: dict) -> dict:
+    """Tool version, model (its file's full path, or what module it is) and its hash, settings,
+    source and command line of one translation."""
     return {
         "software": f"dn {__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": str(source.resolve()),
-        "model": str(model.resolve()),
+        "model": model,
         "model_sha256": model_sha256,
         "model_family": family,
         **settings,

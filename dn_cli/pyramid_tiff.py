@@ -13,9 +13,7 @@ whatever the image's height.
 from __future__ import annotations
 
 import os
-import queue
 import tempfile
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,9 +26,9 @@ import tifffile
 
 from dn_cli.errors import OutputError, first_line
 from dn_cli.geometry import Box
+from dn_cli.handover import Handover, never
 from dn_cli.native_paths import printable
 from dn_cli.outputs import os_reason
-from dn_cli.stopping import Stop
 from dn_cli.tiff_tiles import TILE, TileCodec, halve, level_sizes
 
 AHEAD = 2  # strips of a level compressed ahead of the one being written: the pool never idles
@@ -122,6 +120,8 @@ class PyramidTiffSink:
         ome: OME-TIFF (pyramid in SubIFDs, OME-XML).
         name: the output's name, for OME-XML and messages (default: the file's).
         workers: threads compressing tiles (default: one per core this process may use).
+        should_stop: asked while the translating thread waits for the writer (behind, or
+            finishing the pyramid); True stops it there with KeyboardInterrupt.
     """
 
     def __init__(
@@ -137,24 +137,22 @@ class PyramidTiffSink:
         ome: bool = False,
         name: str | None = None,
         workers: int | None = None,
+        should_stop: Callable[[], bool] = never,
     ) -> None:
         self.path, self.width, self.height, self.mpp = path, width, height, mpp
         self.name = name or path.name
         self._codec = TileCodec(compression, quality)
         self._band: np.ndarray | None = None  # the row of tiles being filled
-        self._bands: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2)
-        self._failure: BaseException | None = None
         self._aborted = False
         if ome:  # pyramid levels as SubIFDs of the full-resolution image, described by OME-XML
             description = ome_xml(printable(self.name), width, height, mpp, description)
-        self._thread = threading.Thread(
-            target=self._save, args=(description, ome, workers or cores()), name="dn-tiffsave", daemon=True
-        )
-        self._thread.start()
+        self._description, self._ome, self._workers = description, ome, workers or cores()
+        self._bands: Handover[np.ndarray] = Handover(self._save, "dn-tiffsave", 2, should_stop, self._failed)
 
     # The writer thread ---------------------------------------------------------------------------
 
-    def _save(self, description: str, ome: bool, workers: int) -> None:
+    def _save(self, take: Callable[[], np.ndarray | None]) -> None:
+        description, ome, workers = self._description, self._ome, self._workers
         sizes = level_sizes(self.width, self.height)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="dn-tiff-encode")
         try:
@@ -166,7 +164,7 @@ class PyramidTiffSink:
                     below = _Level(sizes[k], self._codec, pool, spill.keeper(k), below)
                 top = _Level(sizes[0], self._codec, pool, ready.extend, below)
                 tiff.write(
-                    self._top_tiles(top, ready),
+                    self._top_tiles(top, ready, take),
                     **self._page(0, sizes),
                     description=description.encode() or None,  # UTF-8: OME-XML says µm
                     subifds=len(sizes) - 1 if ome else None,
@@ -174,8 +172,6 @@ class PyramidTiffSink:
                 top.settle(0)  # tifffile stops asking at level 0's last tile: the levels below may be in flight
                 for k in range(1, len(sizes)):
                     tiff.write(self._unless_aborted(spill.read(k)), **self._page(k, sizes), subfiletype=1)
-        except BaseException as e:  # reported to the translating thread by _put / close
-            self._failure = e
         finally:
             pool.shutdown(cancel_futures=True)
 
@@ -196,10 +192,10 @@ class PyramidTiffSink:
             **self._codec.tiff_options(),
         }
 
-    def _top_tiles(self, top: _Level, ready: deque) -> Iterator[bytes]:
+    def _top_tiles(self, top: _Level, ready: deque, take: Callable[[], np.ndarray | None]) -> Iterator[bytes]:
         """Level 0's compressed tiles in order, as the rows arrive."""
         while top.received < self.height:
-            band = self._bands.get()
+            band = take()
             if band is None or self._aborted:
                 raise OutputError("aborted")
             top.add(band)
@@ -218,50 +214,32 @@ class PyramidTiffSink:
 
     # The translating thread ----------------------------------------------------------------------
 
-    def _put(self, data: np.ndarray | None) -> None:
-        while self._thread.is_alive():
-            try:
-                self._bands.put(data, timeout=0.5)
-                return
-            except queue.Full:
-                Stop.check()  # the writer is behind: a stop asked for meanwhile is heard here
-        if data is not None or self._failure is not None:  # the end marker may find the writer done
-            self._raise_failure()
+    def _failed(self, e: BaseException) -> BaseException:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        return OutputError(f"cannot write {self.name}: {os_reason(e) if isinstance(e, OSError) else first_line(e)}")
 
-    def _raise_failure(self) -> None:
-        e = self._failure
-        why = "the writer stopped" if e is None else os_reason(e) if isinstance(e, OSError) else first_line(e)
-        raise OutputError(f"cannot write {self.name}: {why}") from e
+    @property
+    def writing(self) -> bool:
+        """Whether the writer thread still runs (False once closed or aborted)."""
+        return self._bands.alive
 
     def write(self, box: Box, pixels: np.ndarray) -> None:
         if self._band is None:
             self._band = np.empty((box.height, self.width, 3), np.uint8)
         self._band[:, box.x : box.x + box.width] = pixels
         if box.x + box.width == self.width:  # the row of tiles is complete
-            self._put(self._band)
+            self._bands.put(self._band)
             self._band = None
 
     def close(self) -> None:
         """Finish the file (waits for the last tiles and the smaller levels to be written)."""
-        self._put(None)
-        while self._thread.is_alive():
-            self._thread.join(timeout=0.5)  # in slices: Ctrl-C and SIGTERM are heard meanwhile
-            Stop.check()
-        if self._failure is not None:
-            self._raise_failure()
+        self._bands.close()
 
     def abort(self) -> None:
         """Stop the writer (what it wrote stays: the file is the caller's, see ``outputs.Partial``)."""
-        self._failure = self._failure or OutputError("aborted")
         self._aborted = True
-        while self._thread.is_alive():
-            try:
-                self._bands.put(None, timeout=0.1)  # wakes a writer waiting for rows
-            except queue.Full:
-                try:
-                    self._bands.get_nowait()
-                except queue.Empty:
-                    pass
+        self._bands.abort()
 
 
 def ome_xml(name: str, width: int, height: int, mpp: float | None, comment: str) -> str:

@@ -39,7 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from dn_cli import claims  # noqa: E402
+from dn_cli.app import claims  # noqa: E402
 from dn_cli.models.resnet import ResnetGenerator  # noqa: E402
 from dn_cli.native_paths import printable  # noqa: E402
 

@@ -7,7 +7,7 @@ import pytest
 import pyvips
 from click.testing import CliRunner
 
-from dn_cli.batch import expand_inputs, parse_shard, plan_jobs, shard
+from dn_cli.app.batch import expand_inputs, parse_shard, plan_jobs, shard
 from dn_cli.cli import cli
 from dn_cli.errors import DnError
 

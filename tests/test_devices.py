@@ -15,7 +15,7 @@ import tifffile
 import torch
 from click.testing import CliRunner
 
-from dn_cli.claims import holder_of
+from dn_cli.app.claims import holder_of
 from dn_cli.cli import cli
 
 from .test_reliability import png

@@ -119,7 +119,7 @@ def test_a_failure_mid_way_stops_the_writer_and_leaves_no_file(tmp_path, tissue,
             translate(FailingImage(np.ascontiguousarray(tissue), 20, error), sink, runner, policy=policy, tile_size=64)
         finally:
             partial.discard()  # what the job does with a failed slide's file
-    assert not sink._thread.is_alive()
+    assert not sink.writing
     assert [t.name for t in threading.enumerate() if t.name.startswith("dn-")] == []  # readers, writer, libvips
     assert list(tmp_path.iterdir()) == []
 
@@ -219,4 +219,4 @@ def test_a_failure_before_the_first_tile_stops_the_writer(tmp_path, tissue, gene
             tile_size=64,
             active=active,
         )
-    assert not sink._thread.is_alive()
+    assert not sink.writing

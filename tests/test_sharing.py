@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dn_cli import claims
-from dn_cli.claims import ClaimHeld, claim, claim_path, holder_of
+from dn_cli.app import claims
+from dn_cli.app.claims import ClaimHeld, claim, claim_path, holder_of
 
 from .test_devices import HANG, wait_for
 from .test_reliability import png

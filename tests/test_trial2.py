@@ -366,7 +366,7 @@ def test_an_abort_does_not_write_the_rest_of_the_image(tmp_path):
     for y in range(0, 2048, 512):
         sink.write(Box(0, y, 16384, 512), np.full((512, 16384, 3), 128, np.uint8))
     sink.abort()
-    assert not sink._thread.is_alive()
+    assert not sink.writing
     assert path.stat().st_size < 1 << 20  # the whole image: 5.9 MB
 
 
@@ -547,7 +547,7 @@ def test_a_failed_preview_keeps_the_translation(tmp_path, image, checkpoint, mon
     def fails(*_args):
         raise RuntimeError("drawing failed")
 
-    monkeypatch.setattr("dn_cli.cli.jobs.side_by_side", fails)  # the one failure injected: dn's own drawing
+    monkeypatch.setattr("dn_cli.app.slide.side_by_side", fails)  # the one failure injected: dn's own drawing
     out, preview = tmp_path / "o.tif", tmp_path / "p.png"
     result = dn("translate", image, "-o", out, "--model", checkpoint, "-q", "--preview", preview)
     one_error_line(result, "the preview failed (RuntimeError: drawing failed); o.tif is made and kept")
@@ -696,7 +696,7 @@ def test_outputs_get_the_modes_of_plain_new_files(tmp_path, image, checkpoint):
 def test_folders_are_searched_whatever_the_case_of_extensions(tmp_path, tissue):
     for name in ("X.SVS", "Y.TIF", "z.Png", "w.JPEG"):
         (tmp_path / name).touch()
-    from dn_cli.batch import expand_inputs
+    from dn_cli.app.batch import expand_inputs
 
     assert sorted(p.name for p, _, _ in expand_inputs([tmp_path])) == ["X.SVS", "Y.TIF", "w.JPEG", "z.Png"]
 

@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
-from dn_cli import claims
-from dn_cli.claims import ClaimHeld, claim, claim_path, holder_of
-from dn_cli.cli.workers import parse_devices
+from dn_cli.app import claims
+from dn_cli.app.claims import ClaimHeld, claim, claim_path, holder_of
+from dn_cli.app.devices import parse_devices
 from dn_cli.errors import OutputError
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.models import Generator
@@ -481,13 +481,13 @@ def test_a_slide_published_while_the_model_loads_is_done_by_another_run(tmp_path
     assert dn("translate", tmp_path / "in", "-o", made, "--model", checkpoint, "-q").exit_code == 0
     out = tmp_path / "out"
     command = sys.modules["dn_cli.cli.translate"]  # the module (its name in dn_cli.cli is the command)
-    load = command.load_generator
+    load = command.load_model
 
     def another_run_publishes_meanwhile(*args, **kwargs):
         shutil.copytree(made, out, copy_function=shutil.copy)  # new files, as publishing makes
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(command, "load_generator", another_run_publishes_meanwhile)
+    monkeypatch.setattr(command, "load_model", another_run_publishes_meanwhile)
     result = dn("translate", tmp_path / "in", "-o", out, "--model", checkpoint, "-q", "--json")
     assert json.loads(result.stdout)["reason"] == "done by another run"
 
@@ -523,7 +523,7 @@ def test_the_heartbeat_keeps_a_claim_fresh(tmp_path, monkeypatch):
 
 def test_a_claim_taken_over_just_before_publishing_publishes_nothing(tmp_path, tissue, checkpoint, monkeypatch):
     """The heartbeat may not have noticed yet (it looks every 10 s): the claim is read again."""
-    from dn_cli.cli import jobs
+    from dn_cli.app import slide as jobs
 
     png(tmp_path / "in" / "a.png", tissue[:40, :40])
     out = tmp_path / "out"

@@ -8,8 +8,7 @@ from contextlib import nullcontext
 
 import click
 
-import dn_cli.huge_pages  # noqa: F401  (first: torch reads it at its first allocation)
-from dn_cli import __version__
+from dn_cli import __version__  # first: it turns huge pages on before torch allocates
 from dn_cli.cli.bench import bench
 from dn_cli.cli.info import info, models
 from dn_cli.cli.options import debug_option

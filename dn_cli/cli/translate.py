@@ -12,30 +12,22 @@ import click
 from click.core import ParameterSource
 
 from dn_cli import compiled
-from dn_cli.batch import (
-    DEFAULT_PATTERNS,
-    Job,
-    check_jobs,
-    expand_inputs,
-    largest_first,
-    parse_shard,
-    plan_jobs,
-    shard,
-)
-from dn_cli.claims import holder_of
-from dn_cli.cli.jobs import Settings, emit, files_to_make, run_jobs
+from dn_cli.app.batch import Job, parse_shard
+from dn_cli.app.devices import parse_devices
+from dn_cli.app.done import dry_run_action
+from dn_cli.app.execute import resolved, run_request
+from dn_cli.app.model import load_model
+from dn_cli.app.request import plan_request, settings_conflict
+from dn_cli.app.results import Status
+from dn_cli.app.settings import Run, Settings
 from dn_cli.cli.options import Location, compile_option, debug_option, model_options, model_path_option
+from dn_cli.cli.report import Printed, emit
 from dn_cli.cli.streams import is_closed
-from dn_cli.cli.workers import Dealer, Shared, parse_devices
-from dn_cli.device import PRECISIONS, autocast_dtype, select_device
-from dn_cli.errors import DnError, OutputError, first_line, plural
-from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
-from dn_cli.image_io import OUTPUT_SUFFIXES, PICTURE_SUFFIXES, check_output
-from dn_cli.models import load_generator
-from dn_cli.outputs import is_busy, shortened, too_long
-from dn_cli.pipeline import TileRunner
+from dn_cli.device import PRECISIONS, select_device
+from dn_cli.errors import DnError, plural
+from dn_cli.geometry import MAX_TILE
+from dn_cli.image_io import PICTURE_SUFFIXES
 from dn_cli.policies import POLICIES
-from dn_cli.provenance import file_sha256
 from dn_cli.tiff_tiles import TIFF_COMPRESSIONS
 
 
@@ -258,85 +250,41 @@ def translate(
     INPUT may be files, folders (searched for slides and images), or - to read paths from stdin.
     """
     started = time.time()  # before the model loads: what other runs publish from now on is theirs
-    if level is not None and mpp is not None:
-        raise click.UsageError("--level and --mpp choose the same thing: give one")
-    if tissue_mask is not None and tissue is False:
-        raise click.UsageError("--tissue-mask draws the tissue detection that --no-tissue turns off: give one")
+    if conflict := settings_conflict(level, mpp, tissue, tissue_mask):
+        raise click.UsageError(conflict)
     if as_json and is_closed("stdout"):
         raise click.UsageError("--json writes to stdout, but stdout is closed")
     if devices_spec is not None and ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE:
         raise click.UsageError("--device and --devices choose the same thing: give one")
-    devices = parse_devices(devices_spec) if devices_spec is not None else [device]  # checked for --dry-run too
+    devices = parse_devices(devices_spec) if devices_spec is not None else None  # checked for --dry-run too
     paths = read_inputs(inputs, null)
-    for path in [*paths, output, preview, tissue_mask]:
-        if path is not None and (reason := too_long(path)):
-            raise DnError(f"{shortened(path)}: {reason}")
     if not paths:
         raise DnError("no inputs: stdin held no paths" if "-" in map(str, inputs) else "no inputs")
-    # One file in and an output with an extension: that file. Otherwise -o is a folder.
-    folders = ctx.meta.get(Location.FOLDERS, set())  # given with a trailing slash: folders, whatever their names
-    one_file = (
-        len(paths) == 1 and not paths[0].is_dir() and bool(output.suffix) and not output.is_dir()
-    ) and "output" not in folders
-    if one_file:
-        check_output(output)
-    elif output.suffix.lower() in OUTPUT_SUFFIXES and not output.is_dir() and "output" not in folders:
-        raise DnError(f"-o {output} names one file, but the inputs are {describe(paths)}: give a folder")
-    elif output.exists() and not output.is_dir():
-        raise DnError(f"-o {output} exists and is not a folder: give a folder for the outputs")
-    elif same := [p for p in paths if p.is_dir() and os.path.realpath(p) == os.path.realpath(output)]:
-        raise DnError(
-            f"-o {output} is the input folder {same[0]}: a rerun would take its outputs for inputs; give another folder"
-        )
-    for option, value in (("--preview", preview), ("--tissue-mask", tissue_mask)):
-        if value is None or value.is_dir() or value.suffix.lower() in PICTURE_SUFFIXES:
-            continue
-        if value.exists():
-            raise DnError(f"{option} {value} exists and is not a folder or a .png / .jpg picture")
-        if value.suffix and option.lstrip("-").replace("-", "_") not in folders:
-            raise DnError(f"{option} {value}: pictures are .png or .jpg; for a folder, end it with /")
-    found = expand_inputs(
-        paths, recursive=recursive, patterns=patterns or DEFAULT_PATTERNS, skip=None if one_file else output
+    request = plan_request(
+        paths,
+        output,
+        recursive=recursive,
+        patterns=patterns,
+        ome=output_format == "ome-tiff",
+        preview=preview,
+        tissue_mask=tissue_mask,
+        folders=frozenset(ctx.meta.get(Location.FOLDERS, ())),  # given with a trailing slash
+        shard_of=parse_shard(shard_spec) if shard_spec else None,
     )
-    if not found:
-        raise DnError(f"no slides or images found in {', '.join(map(str, paths))}")
-    suffix = ".ome.tif" if output_format == "ome-tiff" else ".tif"
-    jobs = plan_jobs(found, output, one_file=one_file, suffix=suffix, preview=preview, tissue_mask=tissue_mask)
-    check_jobs(jobs)  # the whole list, so every shard of a job array refuses the same clashes
-    warn_unused_options(ctx, jobs, compression)
-    if shard_spec:
-        k, n = parse_shard(shard_spec)
-        jobs = shard(jobs, k, n)
-        if not jobs:
-            click.echo(f"dn: shard {k}/{n} of {plural(len(found), 'input')} is empty: nothing to do", err=True)
-            return
-    jobs = largest_first(jobs)  # after sharding: every task of an array shards the same sorted list
-
+    if not request.jobs:
+        click.echo(f"dn: shard {shard_spec} of {plural(request.found, 'input')} is empty: nothing to do", err=True)
+        return
+    warn_unused_options(ctx, request.jobs, compression)
     if dry_run:
-        for job in jobs:
-            action = dry_run_action(job, overwrite, one_file)
-            emit(
-                {"input": str(job.source), "output": str(job.output), "action": action},
-                as_json,
-                f"{action}: {job.source} → {job.output}",
-            )
+        for job in request.jobs:
+            action = dry_run_action(job, overwrite, request.one_file)
+            record = {"input": str(job.source), "output": str(job.output), "action": action}
+            emit(record, as_json, f"{action}: {job.source} → {job.output}")
         return
 
-    torch_device = select_device(devices[0])
-    dtype = autocast_dtype(precision, torch_device)
-    if dtype is not None and torch_device.type == "cpu":
-        click.echo(f"dn: warning: --precision {precision} on the CPU is many times slower than fp32", err=True)
-    generator = load_generator(model_path, arch=arch, trust_code=trust_code)  # checked once, before any worker
-    for warning in generator.warnings:
-        click.echo(f"dn: warning: {warning}", err=True)
-    margin = default_margin(tile_size, generator.stride) if margin is None else margin
-    check_geometry(tile_size, margin, generator.stride)  # once, before any slide
-    if compiled.wanted(compile_model, torch_device) and compile_model == "auto" and not quiet:
-        click.echo("dn: compiling the model on first use (--compile off runs it as it is)", err=True)
+    torch_device = select_device(devices[0] if devices else device)
+    model = load_model(model_path, arch=arch, trust_code=trust_code)  # checked once, before any worker
     settings = Settings(
-        model_path=model_path,
-        model_sha256=file_sha256(model_path),
-        family=generator.family,
         level=level,
         mpp=mpp,
         mpp_override=mpp_override,
@@ -350,41 +298,17 @@ def translate(
         tissue=tissue,
         min_tissue=min_tissue,
         ome=output_format == "ome-tiff",
-        quiet=quiet,
         compile_model=compile_model,
-        verbose=verbose,
     )
-    if devices_spec is not None and not one_file:  # one file: nothing to deal out, run on the first device
-        cpu_workers = sum(select_device(name).type == "cpu" for name in devices)
-        shared = Shared(
-            model_path,
-            arch,
-            trust_code,
-            precision,
-            compile_model,
-            settings,
-            jobs,
-            overwrite,
-            started=started,
-            threads=max(1, (os.cpu_count() or 1) // max(1, cpu_workers)),
-        )
-        failed = Dealer(shared, devices, fail_fast=fail_fast, as_json=as_json).run()
-    else:
-        runner = TileRunner(generator, torch_device, dtype)
-        if compiled.wanted(compile_model, torch_device):
-            runner.compile(lambda message: click.echo(f"dn: warning: {message}", err=True))
-        failed = run_jobs(
-            jobs,
-            runner,
-            settings,
-            one_file=one_file,
-            overwrite=overwrite,
-            fail_fast=fail_fast,
-            as_json=as_json,
-            debug=ctx.meta.get("dn.debug", False),
-            started=started,
-        )
-    if failed:
+    settings = resolved(settings, model)  # the geometry checked once, before any slide
+    if compiled.wanted(compile_model, torch_device) and compile_model == "auto" and not quiet:
+        click.echo("dn: compiling the model on first use (--compile off runs it as it is)", err=True)
+    events = Printed(as_json=as_json, quiet=quiet, verbose=verbose)
+    run = Run(model, settings, started, overwrite=overwrite, fail_fast=fail_fast)
+    debug = ctx.meta.get("dn.debug", False)
+    results = run_request(request, run, events, device=torch_device, devices=devices, precision=precision, debug=debug)
+    events.summary(results)
+    if any(result.status == Status.FAILED for result in results):
         ctx.exit(1)
 
 
@@ -404,21 +328,3 @@ def warn_unused_options(ctx: click.Context, jobs: list[Job], compression: str) -
             "libvips and tifffile can",
             err=True,
         )
-
-
-def describe(paths: list[Path]) -> str:
-    folders = [p for p in paths if p.is_dir()]
-    return f"{plural(len(paths), 'path')}" if len(paths) > 1 or not folders else f"the folder {folders[0]}"
-
-
-def dry_run_action(job: Job, overwrite: bool, one_file: bool) -> str:
-    """What a real run would do with ``job``, decided as it would decide (nothing is removed)."""
-    if holder_of(job.output) or any(is_busy(p) for p in job.files):
-        return "refuse (another dn run is writing it)" if one_file else "skip (another dn run is writing it)"
-    try:
-        todo, record = files_to_make(job, overwrite)
-    except OutputError as e:  # what the real run would fail on (a picture in the way, a foreign output)
-        return f"fail ({first_line(e)})"
-    if not todo:
-        return "refuse (exists; --overwrite replaces it)" if one_file else "skip (exists)"
-    return "translate" if record is None else f"complete ({', '.join(p.name for p in todo)})"

@@ -9,6 +9,7 @@ file per family, naming its builder), the network is built and loaded strictly. 
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import importlib.resources
@@ -366,16 +367,46 @@ def load_generator(path: Path, arch: str | None = None, trust_code: bool = False
     generator.file_format = "pickled module" if module is not None and file_format != "TorchScript" else file_format
     if wrapper:
         generator.notes.append(f"weights from the checkpoint's {wrapper!r} entry")
+    _warn_about_norms(generator, path.name, running_stats)
+    generator.name = path.name
+    _check(generator, source)
+    return generator
+
+
+def _warn_about_norms(generator: Generator, name: str, running_stats: list[str]) -> None:
+    """Say what DN will not do as the model's training did, or at all."""
     tracked = any(isinstance(m, nn.InstanceNorm2d) and m.track_running_stats for m in generator.module.modules())
     if tracked or any(k.endswith(".num_batches_tracked") for k in running_stats):
         generator.warnings.append(
-            f"{path.name} was trained with InstanceNorm running averages (track_running_stats=True); "
+            f"{name} was trained with InstanceNorm running averages (track_running_stats=True); "
             "dn normalises with instance statistics, as in training, so outputs differ from the model's eval mode"
         )
     elif running_stats:
         generator.notes.append(f"ignored {len(running_stats)} unused InstanceNorm running statistics (PyTorch < 0.4)")
     if generator.norm_layers == 0:
-        generator.warnings.append(f"{path.name} has no InstanceNorm layers: DN changes nothing")
-    generator.name = path.name
-    _check(generator, source)
+        generator.warnings.append(f"{name} has no InstanceNorm layers: DN changes nothing")
+
+
+def generator_of_module(module: nn.Module, arch: str | None = None) -> Generator:
+    """A live generator (a Python caller's) as dn runs it: a copy, on the CPU in eval mode (the
+    caller's is left as it is); its family detected from its weights as a file's would be
+    (``arch`` forces one), for the stride and what ``dn info`` says, else its stride probed.
+    Checked as a loaded file is."""
+    if isinstance(module, torch.jit.ScriptModule) or not isinstance(module, nn.Module):
+        raise ModelError(
+            f"{type(module).__name__} is not a torch.nn.Module dn can convert (TorchScript: pass its file)"
+        )
+    name = type(module).__name__
+    sd, running_stats = _split_running_stats(dict(module.state_dict()))
+    family = family_named(arch) if arch else next((f for f in families() if f.detects(sd)), None)
+    params = family.infer(family.adapt(sd) if family.adapt else sd) if family is not None else None
+    module = copy.deepcopy(module).cpu().eval().requires_grad_(False)
+    if family is not None and params is not None:
+        params = {**params, **family.fixed}
+        generator = Generator(module, family.name, params, family.total_stride(params), file_format="module")
+    else:
+        generator = Generator(module, name, {}, _probe_stride(module), file_format="module")
+    _warn_about_norms(generator, name, running_stats)
+    generator.name = name
+    _check(generator, name)
     return generator

@@ -2,11 +2,12 @@
 
 The parent deals: a worker that is ready gets the next slide, so a device never idles while
 another has a queue. Each worker runs exactly what a single-device run does for one slide
-(``jobs.attempt``, with its claim), so outputs are the same pixels. The parent prints every
-line, one progress bar and the summary. A worker that dies (a decoder's crash on a bad slide,
-the kernel's OOM killer) costs its slide only: that slide is failed, a new worker takes its
-place (each worker's place has its own restarts). Ctrl-C or ``kill`` stops every worker, each
-removing what it was writing; a worker whose parent dies (``kill -9``) stops itself the same way.
+(``run.attempt``, with its claim), so outputs are the same pixels. Workers report through the
+parent: their warnings, progress and outcomes reach the parent's ``Events``. A worker that dies
+(a decoder's crash on a bad slide, the kernel's OOM killer) costs its slide only: that slide is
+failed, a new worker takes its place (each worker's place has its own restarts). Ctrl-C or
+``kill`` stops every worker, each removing what it was writing; a worker whose parent dies
+(``kill -9``) stops itself the same way.
 """
 
 from __future__ import annotations
@@ -19,25 +20,26 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import click
 import torch
-from tqdm import tqdm
 
 from dn_cli import compiled
-from dn_cli.batch import Job
-from dn_cli.claims import claim
-from dn_cli.cli.jobs import Settings, Tally, attempt, label_of
+from dn_cli.app.batch import Job
+from dn_cli.app.claims import claim
+from dn_cli.app.events import Events
+from dn_cli.app.results import SlideResult, Status
+from dn_cli.app.run import attempt, label_of, not_attempted
+from dn_cli.app.settings import Run
+from dn_cli.app.slide import Slide
 from dn_cli.device import autocast_dtype, select_device
 from dn_cli.errors import DnError, reason
-from dn_cli.models import load_generator
+from dn_cli.handover import POLL
 from dn_cli.outputs import clear_stale_partials
 from dn_cli.pipeline import TileRunner
 from dn_cli.stopping import Stop
 
 RESTARTS = 3  # workers started again in one place after crashes, before the place is given up
-POLL = 0.2  # seconds between looks at the workers while no message comes
+STOP_GRACE = 60  # seconds a worker has to remove what it was writing once asked to stop
 
 
 def parse_devices(spec: str) -> list[str]:
@@ -55,33 +57,49 @@ def parse_devices(spec: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Shared:
-    """What every worker is given: the model, how to run it, and the jobs."""
+    """What every worker is given: the run (its model loads in the worker), how to run the
+    model, and the jobs."""
 
-    model_path: Path
-    arch: str | None
-    trust_code: bool
+    run: Run
     precision: str
-    compile_model: str
-    settings: Settings
     jobs: list[Job]
-    overwrite: bool
-    started: float
     threads: int  # torch threads of a CPU worker (the cores shared out)
 
 
 class QueueBar:
-    """A worker's slide progress, sent to the parent's bar (only when it moved)."""
+    """A worker's slide progress, sent to the parent (only when it moved)."""
 
     def __init__(self, outbox, worker: int) -> None:
         self.outbox, self.worker, self.last = outbox, worker, (0, 0)
 
     def __call__(self, done: int, total: int) -> None:
-        Stop.check()
         if (done, total) != self.last:
             self.outbox.put(("tiles", self.worker, done - self.last[0], total - self.last[1]))
             self.last = (done, total)
 
     def close(self) -> None:
+        pass
+
+
+class QueueEvents:
+    """A worker's events, sent to the parent, which reports them (the outcome is sent by ``work``)."""
+
+    def __init__(self, outbox, worker: int, device: str) -> None:
+        self.outbox, self.worker, self.device = outbox, worker, device
+
+    def warning(self, message: str) -> None:
+        self.outbox.put(("warning", self.worker, message))
+
+    def error(self, message: str) -> None:
+        self.outbox.put(("error", self.worker, message))
+
+    def note(self, message: str) -> None:
+        self.outbox.put(("note", self.worker, message))
+
+    def progress(self, label: str) -> QueueBar:
+        return QueueBar(self.outbox, self.worker)
+
+    def finished(self, result: SlideResult, label: str) -> None:
         pass
 
 
@@ -113,10 +131,11 @@ def work(worker: int, device: str, shared: Shared, inbox, outbox) -> None:
         torch_device = torch.device(device)
         if torch_device.type == "cpu":
             torch.set_num_threads(shared.threads)
-        generator = load_generator(shared.model_path, arch=shared.arch, trust_code=shared.trust_code)
+        events = QueueEvents(outbox, worker, device)
+        generator = shared.run.model.loaded()
         runner = TileRunner(generator, torch_device, autocast_dtype(shared.precision, torch_device))
-        if compiled.wanted(shared.compile_model, torch_device):
-            runner.compile(lambda message: click.echo(f"dn: warning: {device}: {message}", err=True))
+        if compiled.wanted(shared.run.settings.compile_model, torch_device):
+            runner.compile(lambda message: events.warning(f"{device}: {message}"))
     except KeyboardInterrupt:
         return
     except Exception as e:  # the device or the model there: the other workers go on
@@ -130,11 +149,8 @@ def work(worker: int, device: str, shared: Shared, inbox, outbox) -> None:
                 return
             job = shared.jobs[index]
             label = label_of(job, index + 1, len(shared.jobs))
-            options = {"one_file": False, "overwrite": shared.overwrite, "started": shared.started, "debug": False}
-            bar = lambda *_: QueueBar(outbox, worker)  # noqa: E731
-            with Stop.making_a_slide():
-                record = attempt(job, runner, shared.settings, label, bar=bar, **options)
-            outbox.put(("done", worker, index, record))
+            result = attempt(Slide(job, runner, shared.run, label, events), one_file=False)
+            outbox.put(("done", worker, index, result))
     except KeyboardInterrupt:
         return
 
@@ -174,11 +190,11 @@ class Pool:
         return worker
 
     def stop(self) -> None:
-        """Every worker stopped (asked by SIGTERM, then killed after a minute) and waited for."""
+        """Every worker stopped (asked by SIGTERM, then killed after ``STOP_GRACE``) and waited for."""
         for process in self.processes.values():
             if process.is_alive():
                 process.terminate()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STOP_GRACE
         for process in self.processes.values():
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
@@ -200,19 +216,17 @@ def tidy(job: Job) -> None:
 class Dealer:
     """Deals the jobs of ``shared`` to workers on ``devices`` as each is ready, and reports them."""
 
-    def __init__(self, shared: Shared, devices: list[str], *, fail_fast: bool, as_json: bool) -> None:
-        self.jobs, self.fail_fast = shared.jobs, fail_fast
-        self.tally = Tally(len(self.jobs), as_json, shared.settings.quiet)
+    def __init__(self, shared: Shared, devices: list[str], events: Events) -> None:
+        self.jobs, self.fail_fast, self.events = shared.jobs, shared.run.fail_fast, events
+        self.results: dict[int, SlideResult] = {}
         self.pending = list(range(len(self.jobs)))  # already biggest first
         self.holding: dict[int, int | None] = {}  # live worker → the job it translates
         self.pool = Pool(devices, shared)
-        self.bar = tqdm(
-            total=0, unit="tile", desc=f"{len(devices)} devices", disable=shared.settings.quiet, leave=False
-        )
-        self.finished = 0
+        self.progress = events.progress(f"{len(devices)} devices")
+        self.tiles = [0, 0]  # done, total: over every slide begun
 
-    def run(self) -> list[str]:
-        """Translate every job; returns the failed names."""
+    def run(self) -> list[SlideResult]:
+        """Translate every job; returns the results in the jobs' order."""
         try:
             for place in range(min(len(self.pool.devices), len(self.jobs))):
                 self.holding[self.pool.start(place)] = None
@@ -227,29 +241,42 @@ class Dealer:
             self.pool.stop()
             raise
         finally:
-            self.bar.close()
+            self.progress.close()
         for index in self.pending:
-            job = self.jobs[index]
-            if self.fail_fast and self.tally.failed:
-                self.tally.not_attempted(job)
+            if self.failed:
+                self.report(not_attempted(self.jobs[index]), index)
             else:  # every device given up
-                self.report({"status": "failed", "error": "no device could run the model"}, index)
-        return self.tally.finish()
+                self.report(self.failure(index, "no device could run the model"), index)
+        return [self.results[i] for i in range(len(self.jobs))]
+
+    @property
+    def failed(self) -> bool:
+        return self.fail_fast and any(r.status == Status.FAILED for r in self.results.values())
+
+    def failure(self, index: int, error: str) -> SlideResult:
+        job = self.jobs[index]
+        return SlideResult(job.source, job.output, Status.FAILED, error=error)
 
     def handle(self, kind: str, worker: int, *details) -> None:
         if kind == "ready":
-            stop = not self.pending or (self.fail_fast and self.tally.failed)
+            stop = not self.pending or self.failed
             self.holding[worker] = None if stop else self.pending.pop(0)
             self.pool.inboxes[worker].put(self.holding[worker])
         elif kind == "tiles":
-            self.bar.total += details[1]
-            self.bar.update(details[0])
+            self.tiles = [self.tiles[0] + details[0], self.tiles[1] + details[1]]
+            self.progress(*self.tiles)
         elif kind == "done":
             self.holding[worker] = None
             self.report(details[1], details[0])
+        elif kind == "warning":
+            self.events.warning(details[0])
+        elif kind == "note":
+            self.events.note(details[0])
+        elif kind == "error":
+            self.events.error(details[0])
         elif kind == "broken":
             name = self.pool.name(worker)
-            click.echo(f"dn: error: {name}: the model could not be started there: {details[0]}", err=True)
+            self.events.error(f"{name}: the model could not be started there: {details[0]}")
             self.pool.crashes[self.pool.place_of[worker]] = RESTARTS  # not started again
 
     def reap(self) -> None:
@@ -265,15 +292,11 @@ class Dealer:
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
             if index is not None:
                 tidy(self.jobs[index])
-                self.report({"status": "failed", "error": f"{self.pool.name(worker)} died ({how})"}, index)
+                self.report(self.failure(index, f"{self.pool.name(worker)} died ({how})"), index)
             self.pool.crashes[place] += 1
             if self.pending and self.pool.crashes[place] <= RESTARTS:
                 self.holding[self.pool.start(place)] = None
 
-    def report(self, outcome: dict, index: int) -> None:
-        job = self.jobs[index]
-        record = {"input": str(job.source), "output": str(job.output)} | outcome
-        with tqdm.external_write_mode():
-            self.tally.add(record, label_of(job, index + 1, len(self.jobs)))
-        self.finished += 1
-        self.bar.set_description(f"{len(self.pool.devices)} devices, {self.finished}/{len(self.jobs)} slides")
+    def report(self, result: SlideResult, index: int) -> None:
+        self.results[index] = result
+        self.events.finished(result, label_of(self.jobs[index], index + 1, len(self.jobs)))
