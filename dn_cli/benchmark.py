@@ -38,12 +38,12 @@ class PassThrough(nn.Module):
         return x
 
 
-class TopRows:
+class TopRows(ImageSource):
     """The top ``height`` rows of an image (a big slide's measured part)."""
 
     def __init__(self, source: ImageSource, height: int) -> None:
         self.source, self.width, self.height = source, source.width, height
-        self.mpp = getattr(source, "mpp", None)
+        self.mpp = source.mpp
 
     def read(self, box: Box) -> np.ndarray:
         return self.source.read(box)
@@ -51,9 +51,6 @@ class TopRows:
     def thumbnail(self, max_side: int) -> np.ndarray:
         full = self.source.thumbnail(max_side)
         return full[: max(1, round(full.shape[0] * self.height / self.source.height))]
-
-    def close(self) -> None:
-        pass
 
 
 def synchronise(device: torch.device) -> None:
@@ -116,8 +113,7 @@ def measure(
         def run() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 sink = PyramidTiffSink(Path(tmp) / "bench.tif", part.width, part.height)
-                options = {"policy": policy, "tile_size": grid.tile_size, "margin": margin, "batch_size": batch_size}
-                translate(part, sink, with_runner, **options)
+                translate(part, sink, with_runner, policy=policy, grid=grid, batch_size=batch_size)
 
         return run
 

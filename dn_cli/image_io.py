@@ -18,7 +18,7 @@ import pyvips
 from dn_cli.errors import InputError, OutputError, first_line
 from dn_cli.geometry import Box
 from dn_cli.handover import never
-from dn_cli.images import Canvas, ClosedOnExit, block_thumbnail
+from dn_cli.images import Canvas, ImageSource, block_thumbnail
 from dn_cli.levels import plausible_mpp
 from dn_cli.native_paths import native
 from dn_cli.pyramid_tiff import PyramidTiffSink
@@ -42,7 +42,7 @@ def _to_rgb8(image: pyvips.Image) -> pyvips.Image:
     return image[:3] if image.bands > 3 else image
 
 
-class VipsImage(ClosedOnExit):
+class VipsImage(ImageSource):
     """An image file (PNG, JPEG, TIFF layouts ``tiff_image`` leaves out...) read by region through
     libvips. Formats without random access are decoded once on opening: into memory when small,
     into a temporary file when over 100 MB (libvips' rule), so a big file does not need its size in RAM.

@@ -12,24 +12,41 @@ import numpy as np
 from dn_cli.geometry import Box, reflect_indices
 
 
-class ImageSource(Protocol):
-    """An RGB image readable by region, in level pixels."""
+class ImageSource:
+    """An RGB image readable by region, in level pixels; closed on leaving a ``with`` block.
 
-    @property
-    def width(self) -> int: ...
+    What every source declares (subclasses set what they know):
+        width, height: the size of the image read (the chosen level, shrunk for ``--mpp``).
+        mpp: its pixel size in µm, None when unknown (or implausible: a screen's 72 dpi).
+        recorded_mpp: the full-resolution pixel size the file records, plausible or not.
+        levels: (width, height) of each level of the file's pyramid; empty where the reader
+            sees one image only.
+        vendor: the scanner's format, as OpenSlide names it.
+    """
 
-    @property
-    def height(self) -> int: ...
+    width: int
+    height: int
+    mpp: float | None = None
+    recorded_mpp: float | None = None
+    levels: list[tuple[int, int]] = []  # noqa: RUF012  (never changed: subclasses assign their own)
+    vendor: str | None = None
 
     def read(self, box: Box) -> np.ndarray:
         """``(height, width, 3)`` uint8 pixels of a box that lies inside the image."""
-        ...
+        raise NotImplementedError
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         """The whole image shrunk so its longer side is at most ``max_side``, as uint8 RGB."""
-        ...
+        raise NotImplementedError
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
 
 class Sink(Protocol):
@@ -104,20 +121,7 @@ def _area_axis(a: np.ndarray, size: int, scale: float, axis: int) -> np.ndarray:
     return np.moveaxis(np.diff(at_edges, axis=0) / scale, 0, axis)
 
 
-class ClosedOnExit:
-    """A source used as a context manager: ``with open_source(path) as source:`` closes it."""
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.close()
-
-
-class ArrayImage(ClosedOnExit):
+class ArrayImage(ImageSource):
     """An RGB image held in memory as a ``(height, width, 3)`` uint8 array."""
 
     def __init__(self, pixels: np.ndarray, mpp: float | None = None) -> None:

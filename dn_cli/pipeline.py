@@ -344,6 +344,7 @@ def translate(
     active: np.ndarray | None = None,
     two_pass_oracle: bool = False,
     flat_std: float = FLAT_STD,
+    grid: TileGrid | None = None,
 ) -> TileGrid:
     """Translate ``source`` into ``sink`` tile by tile with the given normalisation policy.
 
@@ -351,6 +352,8 @@ def translate(
         policy: ``dn`` dense moments, ``in`` per-tile, ``kin`` 3 × 3 mean, ``tin`` thumbnail.
         tile_size: tile side; a tile larger than the image shrinks to fit it (``geometry.fit_grid``).
         margin: context read around each tile; None picks DESIGN.md's default for the model.
+        grid: the slide's tile grid, made once by the caller (``tile_size`` and ``margin`` are then
+            not used); None: made here from them.
         progress: called with (tiles done, tiles total) before the first and after each applied batch.
         active: ``(rows, cols)`` booleans; inactive tiles (glass) are neither read nor run: they
             are filled with the model's own rendering of glass, meeting the translated glass
@@ -363,74 +366,20 @@ def translate(
     try:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
-        if margin is None:
-            margin = default_margin(tile_size, runner.stride)
-        check_geometry(tile_size, margin, runner.stride)
-        grid = fit_grid(source.width, source.height, tile_size, margin, runner.stride, runner.min_size)
-        if max(source.width, source.height) <= tile_size and not two_pass_oracle:
+        if grid is None:
+            margin = default_margin(tile_size, runner.stride) if margin is None else margin
+            check_geometry(tile_size, margin, runner.stride)
+            grid = fit_grid(source.width, source.height, tile_size, margin, runner.stride, runner.min_size)
+        if max(source.width, source.height) <= grid.tile_size and not two_pass_oracle:
             translate_whole(source, sink, runner, progress)
             return grid
-        tile_size = grid.tile_size
-        runner.geometry = DensePass(tile_size=tile_size, margin=margin, weighting=weighting(policy))
-
-        moments: MomentRing | ThumbnailMoments | None = None
-        if not collects(policy) or runner.layout.total == 0:
-            steps = apply_only(grid.rows, grid.cols, batch_size)
-            if uses_thumbnail(policy) and runner.layout.total:
-                moments = ThumbnailMoments(runner.layout, runner.image_moments(source, grid.padded_size))
-        else:
-            steps = (two_pass if two_pass_oracle else single_pass)(grid.rows, grid.cols, batch_size)
-            slots = rows_in_flight(steps, grid.cols)
-            moments = MomentRing(runner.layout, grid.rows, grid.cols, slots, runner.device)
-
+        runner.geometry = DensePass(tile_size=grid.tile_size, margin=grid.margin, weighting=weighting(policy))
         background = np.zeros(3, np.uint8)
         if active is not None and not active.all():
-            background = glass_colour(source, grid, runner, active)
-
-        def active_of(tiles: range) -> list[int]:
-            return [i for i in tiles if active is None or active.flat[i]]
-
-        # Skipped tiles drop out of collection; apply steps keep them, to write background in order.
-        plan = [(step, active_of(step.tiles)) for step in steps]
-        plan = [(step, tiles) for step, tiles in plan if tiles or step.kind == "apply"]
-        # Collected batches are read once, ahead of the model, and wait here until applied (an
-        # apply step covers the same tiles as the collect step of the same range).
-        collecting = [tiles for step, tiles in plan if step.kind == "collect"]
-        reading = collecting or [tiles for _, tiles in plan if tiles]
-        pending: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
-        image_moments = None  # the thumbnail's moments, taken at the first flat tile
-        applied = 0
-
-        def stage(tiles: list[np.ndarray]) -> tuple[torch.Tensor, np.ndarray | None]:  # on the staging thread
-            # Flatness matters only to collected moments: in and tin never ask.
-            flat = np.array([is_flat(t, margin, tile_size, flat_std) for t in tiles]) if collecting else None
-            return runner.stage(tiles), flat
-
-        if progress is not None:
-            progress(0, len(grid))
+            background = glass_colour(source, grid, active, lambda tile: render_glass(runner, source, grid, tile))
         output = OutputStage(sink, grid, background, progress, skipping=active is not None and not active.all())
         try:
-            with TileReader(source, grid, reading, stage=stage) as reader:
-                for step, tiles in plan:
-                    if step.kind == "collect":
-                        batch, flat = pending[step.tiles.start] = reader.read(tiles)
-                        oldest_needed_row = grid.position(applied)[0] - 1
-                        with naming_tiles(grid, tiles):
-                            packed = runner.collect(batch, [grid.inside(*grid.position(i)) for i in tiles])
-                        if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
-                            if image_moments is None:
-                                image_moments = runner.image_moments(source, grid.padded_size)[0]
-                            packed[torch.as_tensor(np.flatnonzero(flat), device=packed.device)] = image_moments
-                        moments.write(tiles, packed, oldest_needed_row)
-                        continue
-                    result = None
-                    if tiles:
-                        batch = pending.pop(step.tiles.start)[0] if pending else reader.read(tiles)[0]
-                        neighbourhood = moments.gather(tiles) if moments is not None else None
-                        with naming_tiles(grid, tiles):
-                            result = runner.apply_async(batch, neighbourhood, margin, tile_size)
-                    output.put(step.tiles, tiles, result)  # written in raster order, which the sinks rely on
-                    applied = step.tiles.stop
+            TilePass(source, grid, runner, policy, active, flat_std).run(batch_size, two_pass_oracle, output, progress)
             output.close()
         except BaseException:
             output.abort()
@@ -440,3 +389,92 @@ def translate(
         sink.abort()  # an error or Ctrl-C, even before the first tile or while closing, leaves nothing behind
         raise
     return grid
+
+
+def render_glass(runner: TileRunner, source: ImageSource, grid: TileGrid, tile: np.ndarray) -> np.ndarray:
+    """A padded tile translated with the whole image's moments (``policies.glass_colour``)."""
+    neighbourhood = None
+    if runner.layout.total:
+        image = ThumbnailMoments(runner.layout, runner.image_moments(source, grid.padded_size))
+        neighbourhood = image.gather([0])
+    return runner.apply(tile[None], neighbourhood, grid.margin, grid.tile_size)[0]
+
+
+class TilePass:
+    """The loop of one image: tiles read ahead, collected (DN, KIN), applied and handed to the
+    output stage in raster order; skipped tiles drop out of collection and reading."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        grid: TileGrid,
+        runner: TileRunner,
+        policy: Policy,
+        active: np.ndarray | None,
+        flat_std: float,
+    ) -> None:
+        self.source, self.grid, self.runner, self.policy = source, grid, runner, policy
+        self.active, self.flat_std = active, flat_std
+        self.image_moments: torch.Tensor | None = None  # the thumbnail's moments, taken at the first flat tile
+
+    def steps(self, batch_size: int, two_pass_oracle: bool) -> tuple[list, MomentRing | ThumbnailMoments | None]:
+        """(each step with its active tiles, where moments are kept)."""
+        grid, runner = self.grid, self.runner
+        moments: MomentRing | ThumbnailMoments | None = None
+        if not collects(self.policy) or runner.layout.total == 0:
+            steps = apply_only(grid.rows, grid.cols, batch_size)
+            if uses_thumbnail(self.policy) and runner.layout.total:
+                moments = ThumbnailMoments(runner.layout, runner.image_moments(self.source, grid.padded_size))
+        else:
+            steps = (two_pass if two_pass_oracle else single_pass)(grid.rows, grid.cols, batch_size)
+            slots = rows_in_flight(steps, grid.cols)
+            moments = MomentRing(runner.layout, grid.rows, grid.cols, slots, runner.device)
+        plan = [(step, [i for i in step.tiles if self.active is None or self.active.flat[i]]) for step in steps]
+        # Skipped tiles drop out of collection; apply steps keep them, to write background in order.
+        return [(step, tiles) for step, tiles in plan if tiles or step.kind == "apply"], moments
+
+    def stage(self, tiles: list[np.ndarray], collecting: bool) -> tuple[torch.Tensor, np.ndarray | None]:
+        """On the staging thread: the batch as the model's input, and (collecting) which tiles are flat."""
+        g = self.grid  # flatness matters only to collected moments: in and tin never ask
+        flat = np.array([is_flat(t, g.margin, g.tile_size, self.flat_std) for t in tiles]) if collecting else None
+        return self.runner.stage(tiles), flat
+
+    def run(self, batch_size: int, two_pass_oracle: bool, output: OutputStage, progress) -> None:
+        grid, runner = self.grid, self.runner
+        plan, moments = self.steps(batch_size, two_pass_oracle)
+        # Collected batches are read once, ahead of the model, and wait here until applied (an
+        # apply step covers the same tiles as the collect step of the same range).
+        collecting = [tiles for step, tiles in plan if step.kind == "collect"]
+        reading = collecting or [tiles for _, tiles in plan if tiles]
+        pending: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+        applied = 0
+        if progress is not None:
+            progress(0, len(grid))
+        stage = lambda tiles: self.stage(tiles, bool(collecting))  # noqa: E731
+        with TileReader(self.source, grid, reading, stage=stage) as reader:
+            for step, tiles in plan:
+                if step.kind == "collect":
+                    batch, flat = pending[step.tiles.start] = reader.read(tiles)
+                    self.collect(batch, flat, tiles, moments, oldest_needed_row=grid.position(applied)[0] - 1)
+                    continue
+                result = None
+                if tiles:
+                    batch = pending.pop(step.tiles.start)[0] if pending else reader.read(tiles)[0]
+                    neighbourhood = moments.gather(tiles) if moments is not None else None
+                    with naming_tiles(grid, tiles):
+                        result = runner.apply_async(batch, neighbourhood, grid.margin, grid.tile_size)
+                output.put(step.tiles, tiles, result)  # written in raster order, which the sinks rely on
+                applied = step.tiles.stop
+
+    def collect(
+        self, batch: torch.Tensor, flat: np.ndarray, tiles: list[int], moments: MomentRing, oldest_needed_row: int
+    ) -> None:
+        """One batch's moments into the ring; flat tiles carry the image's instead."""
+        grid, runner = self.grid, self.runner
+        with naming_tiles(grid, tiles):
+            packed = runner.collect(batch, [grid.inside(*grid.position(i)) for i in tiles])
+        if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
+            if self.image_moments is None:
+                self.image_moments = runner.image_moments(self.source, grid.padded_size)[0]
+            packed[torch.as_tensor(np.flatnonzero(flat), device=packed.device)] = self.image_moments
+        moments.write(tiles, packed, oldest_needed_row)

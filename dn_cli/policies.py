@@ -6,17 +6,14 @@ whole image's moments instead of their own, and what skipped tiles are filled wi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
 from dn_cli.dense_norm import Weighting
 from dn_cli.geometry import TileGrid
 from dn_cli.images import ImageSource, read_padded
-from dn_cli.moments import ThumbnailMoments
-
-if TYPE_CHECKING:
-    from dn_cli.pipeline import TileRunner
 
 Policy = Literal["dn", "in", "kin", "tin"]
 POLICIES: tuple[Policy, ...] = ("dn", "in", "kin", "tin")
@@ -51,22 +48,19 @@ def is_flat(padded_tile: np.ndarray, margin: int, tile_size: int, threshold: flo
     return float(own.std(axis=(0, 1)).max()) < threshold
 
 
-def glass_colour(source: ImageSource, grid: TileGrid, runner: TileRunner, active: np.ndarray) -> np.ndarray:
+def glass_colour(
+    source: ImageSource, grid: TileGrid, active: np.ndarray, render: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
     """The model's rendering of the skipped tiles' glass, to fill them with.
 
     One skipped tile (the middle one in raster order: away from a slide's corners and label) is
-    translated with the whole image's moments — as the model run on the whole image normalises
-    glass, and as DN treats near-constant tiles (:func:`is_flat`) — and the median of its output is
-    the fill. Neither its own moments (under InstanceNorm a tile of pure glass is amplified noise)
-    nor a translated neighbour's pale pixels (tissue, normalised with tissue's moments) render
-    glass as the untiled model does.
+    translated by ``render`` with the whole image's moments — as the model run on the whole image
+    normalises glass, and as DN treats near-constant tiles (:func:`is_flat`) — and the median of
+    its output is the fill. Neither its own moments (under InstanceNorm a tile of pure glass is
+    amplified noise) nor a translated neighbour's pale pixels (tissue, normalised with tissue's
+    moments) render glass as the untiled model does.
     """
     skipped = np.flatnonzero(~active)
     index = int(skipped[(len(skipped) - 1) // 2])
     tile = read_padded(source, grid.padded_box(*grid.position(index)))
-    neighbourhood = None
-    if runner.layout.total:
-        image = ThumbnailMoments(runner.layout, runner.image_moments(source, grid.padded_size))
-        neighbourhood = image.gather([index])
-    out = runner.apply(tile[None], neighbourhood, grid.margin, grid.tile_size)
-    return np.median(out.reshape(-1, 3), axis=0).astype(np.uint8)
+    return np.median(render(tile).reshape(-1, 3), axis=0).astype(np.uint8)

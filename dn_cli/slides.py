@@ -16,7 +16,7 @@ import openslide
 
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
-from dn_cli.images import ClosedOnExit, area_shrink, opaque
+from dn_cli.images import ImageSource, area_shrink, opaque
 from dn_cli.levels import choose_resolution, plausible_mpp
 from dn_cli.native_paths import native
 
@@ -39,7 +39,7 @@ def _hex_colour(value: str | None) -> np.ndarray:
     return np.array([int(value[i : i + 2], 16) for i in (0, 2, 4)], np.uint16)
 
 
-class SlideImage(ClosedOnExit):
+class SlideImage(ImageSource):
     """One resolution of a whole-slide image, readable by region.
 
     Args:

@@ -20,7 +20,7 @@ import tifffile
 
 from dn_cli.errors import InputError
 from dn_cli.geometry import Box
-from dn_cli.images import ClosedOnExit, area_shrink, block_thumbnail, opaque
+from dn_cli.images import ImageSource, area_shrink, block_thumbnail, opaque
 from dn_cli.levels import choose_resolution, plausible_mpp
 
 logging.getLogger("tifffile").addHandler(logging.NullHandler())  # dn says what is wrong with a file itself
@@ -143,7 +143,7 @@ class _Level:
         return segment
 
 
-class TiffImage(ClosedOnExit):
+class TiffImage(ImageSource):
     """One resolution of a TIFF, read by region through its strips or tiles.
 
     Arguments as :class:`dn_cli.slides.SlideImage`; the levels are tifffile's pyramid of the

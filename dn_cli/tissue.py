@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dn_cli.geometry import TileGrid
+from dn_cli.images import ImageSource
 
 THUMBNAIL_MPP = 8.0  # µm per thumbnail pixel: a 100,000-pixel slide at 0.25 µm/px gives 3,125 pixels
 MAX_THUMBNAIL = 4096  # pixels: bounds memory where a file's pixel size is a default like 72 dpi
@@ -83,7 +84,7 @@ def tile_fractions(mask: np.ndarray, grid: TileGrid) -> np.ndarray:
 
 
 def select_tiles(
-    source, grid: TileGrid, *, min_tissue: float, min_area_um2: float = 5000.0
+    source: ImageSource, grid: TileGrid, *, min_tissue: float, min_area_um2: float = 5000.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(active tiles ``(rows, cols)``, tissue mask, thumbnail) of an image source.
 
@@ -92,7 +93,7 @@ def select_tiles(
     size the thumbnail is 1024 pixels on its longer side and the cleanup 2 pixels wide.
     """
     longest = max(grid.width, grid.height)
-    mpp = getattr(source, "mpp", None)
+    mpp = source.mpp
     side = min(MAX_THUMBNAIL, max(64, round(longest * mpp / THUMBNAIL_MPP))) if mpp else 1024
     thumbnail = source.thumbnail(side)
     thumb_mpp = mpp * longest / max(thumbnail.shape[:2]) if mpp else None

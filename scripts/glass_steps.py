@@ -25,7 +25,7 @@ import torch
 from dn_cli.geometry import Box, fit_grid
 from dn_cli.images import Canvas
 from dn_cli.models import DEMO_MODEL, load_generator
-from dn_cli.pipeline import TileRunner, translate
+from dn_cli.pipeline import TileRunner, render_glass, translate
 from dn_cli.policies import glass_colour
 from dn_cli.sources import open_source
 from dn_cli.tissue import THRESHOLD_RANGE, saturation, select_tiles
@@ -93,7 +93,7 @@ def measure(policy: str, figure_path: Path | None = None) -> dict:
         canvas = Canvas(source.width, source.height)
         translate(source, canvas, runner, policy=policy, tile_size=512, margin=16, active=active)
         flat = canvas.pixels.copy()
-        colour = glass_colour(source, grid, runner, active)
+        colour = glass_colour(source, grid, active, lambda tile: render_glass(runner, source, grid, tile))
     for index in np.flatnonzero(~active):
         box = grid.output_box(*grid.position(int(index)))
         flat[box.y : box.y + box.height, box.x : box.x + box.width] = colour

@@ -48,6 +48,5 @@ def translate_pixels(
     if s.tissue is not False:
         active = find_tissue(source, grid, s.min_tissue, events.warning, "the image")[0]
     canvas = Canvas(source.width, source.height)
-    options = {"policy": s.policy, "tile_size": grid.tile_size, "margin": grid.margin, "batch_size": s.batch_size}
-    run_translation(source, canvas, runner, **options, active=active)
+    run_translation(source, canvas, runner, policy=s.policy, grid=grid, batch_size=s.batch_size, active=active)
     return canvas.pixels

@@ -177,7 +177,7 @@ def warn_about_source(slide: Slide, source: ImageSource) -> bool:
     """Say what about ``source`` the user may not expect; returns whether it is a slide (not a picture)."""
     job, s = slide.job, slide.run.settings
     is_slide = isinstance(source, (SlideImage, TiffImage))  # TIFFs OpenSlide leaves out are slide exports too
-    recorded = getattr(source, "recorded_mpp", None)
+    recorded = source.recorded_mpp
     if is_slide and s.mpp_override is None and recorded is not None and plausible_mpp(recorded) is None:
         slide.events.warning(  # pictures (PNG, JPEG) carry 72 dpi all the time: said for slides only
             f"{job.source}: its {recorded:g} µm per pixel is a screen or print default, "
@@ -240,8 +240,7 @@ def translate_into(
             sink,
             slide.runner,
             policy=s.policy,
-            tile_size=grid.tile_size,
-            margin=grid.margin,
+            grid=grid,
             batch_size=s.batch_size,
             progress=tiles_done,
             active=active,

@@ -63,12 +63,12 @@ def info(*, path: Path, arch: str | None, trust_code: bool, as_json: bool) -> No
         record = model_info(path, arch, trust_code)
     elif path.exists() and (is_slide(path) or is_tiff(path)):
         with open_source(path) as source:  # what translate reads: OpenSlide's levels, or tifffile's
-            if not hasattr(source, "levels"):
+            if not source.levels:
                 return print_record(image_info(path), as_json)
             record = {
                 "path": str(path),
                 "kind": "slide" if isinstance(source, SlideImage) else "tiff",
-                "format": getattr(source, "vendor", None) or ("ome-tiff" if is_ome(path) else "tiff"),
+                "format": source.vendor or ("ome-tiff" if is_ome(path) else "tiff"),
                 "width": source.width,
                 "height": source.height,
                 "levels": len(source.levels),
