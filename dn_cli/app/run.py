@@ -2,22 +2,26 @@
 
 The threads and processes of a run, who starts them, and the order they stop in:
 
-- the caller's thread feeds the model (``pipeline.translate``) and owns the slide; it is where
-  a stop (``stopping.Stop``: Ctrl-C, SIGTERM) is raised, at each batch's progress report.
-- ``dn-read-N`` (``prefetch.TileReader``): read and stage tiles ahead; stopped and joined when
-  the slide's loop leaves its ``with`` block, error or not.
+- The caller's thread feeds the model (``pipeline.translate``) and owns the slide. A stop
+  (``stopping.Stop``: Ctrl-C, SIGTERM under the ``dn`` command) is raised there: inside the
+  model's forward, or where the thread waits on another.
+- ``dn-read_N`` and ``dn-stage_0`` (``prefetch.TileReader``, started by the slide's loop): read
+  tiles ahead and stage them for the device; shut down when the loop leaves its ``with`` block,
+  error or not — first of the slide's threads to stop.
 - ``dn-write`` (``output_stage.OutputStage``): waits for each batch's pixels and hands them to the
-  sink in raster order; joined by ``close``, or drained and joined by ``abort``.
-- ``dn-tiffsave`` and the ``dn-tiff-encode`` pool (``pyramid_tiff.PyramidTiffSink``): write the
-  pyramid; ``close`` waits for them, ``abort`` stops them at the next strip. They ask the
-  ``should_stop`` callable they are given (``Stop.asked`` here), not the signal policy.
-- ``dn-claim`` (``claims.Claim``): a claim's heartbeat; stopped when the claim is released,
-  after the slide's files are published or discarded.
-- ``--devices``: worker processes (``devices.Pool``), each running this same loop on its
-  device with a ``dn-parent-watch`` thread that stops it if the parent dies; the parent's
-  ``Dealer`` stops them with SIGTERM (a minute's grace, then SIGKILL) when it is stopped itself.
-Every hand-over between threads waits in steps of ``handover.POLL`` seconds, so a stop or a
-failure on the other side is heard within one.
+  sink in raster order; it reports progress, so a stop or a claim taken over is raised there and
+  reaches the caller at its next hand-over. Joined by ``close``, or drained and joined by ``abort``.
+- ``dn-tiffsave`` and its ``dn-tiff-encode`` pool (``pyramid_tiff.PyramidTiffSink``): write the
+  pyramid; ``close`` waits for them, ``abort`` stops them at the next strip — after the output
+  stage, which feeds them. While the caller waits it asks the ``should_stop`` it was given.
+- ``dn-claim`` (``claims.Claim``): the slide's claim's heartbeat; stopped when the claim is
+  released, after the slide's files are published or discarded — last.
+- With ``devices``: a worker process per device (``devices.Pool``, named ``dn-<device>``), each
+  running this loop with a ``dn-parent-watch`` thread that stops it if the parent dies; the
+  parent's ``Dealer`` stops them with SIGTERM, then SIGKILL after ``devices.STOP_GRACE``.
+
+Every hand-over between threads (``handover.Handover``) waits in steps of ``handover.POLL``
+seconds, so a stop or a failure on the other side is heard within one.
 """
 
 from __future__ import annotations

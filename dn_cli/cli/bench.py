@@ -11,13 +11,15 @@ import click
 import torch
 
 from dn_cli import compiled
+from dn_cli.app.execute import make_runner, resolved
+from dn_cli.app.model import load_model
+from dn_cli.app.settings import Settings
 from dn_cli.benchmark import measure
 from dn_cli.cli.options import Location, compile_option, debug_option, model_options, model_path_option
-from dn_cli.device import PRECISIONS, autocast_dtype, select_device
-from dn_cli.geometry import MAX_TILE, check_geometry, default_margin
+from dn_cli.cli.report import Printed
+from dn_cli.device import PRECISIONS, select_device
+from dn_cli.geometry import MAX_TILE
 from dn_cli.image_io import write_test_slide
-from dn_cli.models import load_generator
-from dn_cli.pipeline import TileRunner
 from dn_cli.sources import open_source
 
 QUICK_SIZE = 1024
@@ -85,26 +87,25 @@ def bench(
     if quick:
         size, repeats = min(size, QUICK_SIZE), 1
     torch_device = select_device(device)
-    generator = load_generator(model_path, arch=arch, trust_code=trust_code)
-    margin = default_margin(tile_size, generator.stride)
-    check_geometry(tile_size, margin, generator.stride)
-    runner = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
+    model = load_model(model_path, arch=arch, trust_code=trust_code)
+    settings = resolved(Settings(tile_size=tile_size, batch_size=batch_size), model)
+    events = Printed()
+    runner = make_runner(model, torch_device, precision, "off", events)
     with tempfile.TemporaryDirectory() as tmp:
         described = str(slide)
         if slide is None:
             slide, described = Path(tmp) / "tissue.tif", f"{size}² made of the bundled sample slide"
             write_test_slide(slide, Path(str(importlib.resources.files("dn_cli.examples") / "sample_ihc.tif")), size)
         with open_source(slide) as source:
-            options = {"tile_size": tile_size, "margin": margin, "batch_size": batch_size, "repeats": repeats}
-            options["host_only"] = host_only
+            options = {"tile_size": tile_size, "margin": settings.margin, "batch_size": batch_size}
+            options |= {"repeats": repeats, "host_only": host_only}
             say = None if as_json else lambda stage: click.echo(f"  measuring {stage}…", err=True)
             report = measure(source, runner, **options, progress=say)
             if compiled.wanted(compile_model, torch_device) and not host_only:
-                fast = TileRunner(generator, torch_device, autocast_dtype(precision, torch_device))
-                fast.compile(lambda message: click.echo(f"dn: warning: {message}", err=True))
+                fast = make_runner(model, torch_device, precision, "on", events)
                 again = measure(source, fast, **options, progress=say and (lambda stage: say(f"{stage}, compiled")))
                 report["compiled"] = {key: again[key] for key in COMPILED_KEYS} | {"compiled": fast.compiled}
-    report |= {"device": device_name(torch_device), "model": generator.name, "slide": described}
+    report |= {"device": device_name(torch_device), "model": model.loaded().name, "slide": described}
     if as_json:
         click.echo(json.dumps(report))
         return

@@ -17,7 +17,7 @@ from dn_cli.app.devices import parse_devices
 from dn_cli.app.done import dry_run_action
 from dn_cli.app.execute import resolved, run_request
 from dn_cli.app.model import load_model
-from dn_cli.app.request import plan_request, settings_conflict
+from dn_cli.app.request import Request, plan_request, settings_conflict
 from dn_cli.app.results import Status
 from dn_cli.app.settings import Run, Settings
 from dn_cli.cli.options import Location, compile_option, debug_option, model_options, model_path_option
@@ -257,20 +257,8 @@ def translate(
     if devices_spec is not None and ctx.get_parameter_source("device") == ParameterSource.COMMANDLINE:
         raise click.UsageError("--device and --devices choose the same thing: give one")
     devices = parse_devices(devices_spec) if devices_spec is not None else None  # checked for --dry-run too
-    paths = read_inputs(inputs, null)
-    if not paths:
-        raise DnError("no inputs: stdin held no paths" if "-" in map(str, inputs) else "no inputs")
-    request = plan_request(
-        paths,
-        output,
-        recursive=recursive,
-        patterns=patterns,
-        ome=output_format == "ome-tiff",
-        preview=preview,
-        tissue_mask=tissue_mask,
-        folders=frozenset(ctx.meta.get(Location.FOLDERS, ())),  # given with a trailing slash
-        shard_of=parse_shard(shard_spec) if shard_spec else None,
-    )
+    asked = (null, recursive, patterns, output_format, preview, tissue_mask, shard_spec)
+    request = request_of(ctx, inputs, output, *asked)
     if not request.jobs:
         click.echo(f"dn: shard {shard_spec} of {plural(request.found, 'input')} is empty: nothing to do", err=True)
         return
@@ -310,6 +298,35 @@ def translate(
     events.summary(results)
     if any(result.status == Status.FAILED for result in results):
         ctx.exit(1)
+
+
+def request_of(
+    ctx: click.Context,
+    inputs: tuple[Path, ...],
+    output: Path,
+    null: bool,
+    recursive: bool,
+    patterns: tuple[str, ...],
+    output_format: str,
+    preview: Path | None,
+    tissue_mask: Path | None,
+    shard_spec: str | None,
+) -> Request:
+    """The jobs the command line asks for (``-`` read from stdin), checked before any work."""
+    paths = read_inputs(inputs, null)
+    if not paths:
+        raise DnError("no inputs: stdin held no paths" if "-" in map(str, inputs) else "no inputs")
+    return plan_request(
+        paths,
+        output,
+        recursive=recursive,
+        patterns=patterns,
+        ome=output_format == "ome-tiff",
+        preview=preview,
+        tissue_mask=tissue_mask,
+        folders=frozenset(ctx.meta.get(Location.FOLDERS, ())),  # given with a trailing slash
+        shard_of=parse_shard(shard_spec) if shard_spec else None,
+    )
 
 
 def warn_unused_options(ctx: click.Context, jobs: list[Job], compression: str) -> None:
