@@ -105,6 +105,8 @@ def translate_slide(
     all, with its provenance record; an existing output is refused (DnError) unless ``overwrite``.
     Options are ``dn translate``'s, named as in Python (``norm``, ``tile_size``, ``level``,
     ``mpp``, ``tissue``, ``preview``, ``compression``, ``format``, ``precision``, ``compile``…)."""
+    if Path(source).is_dir():
+        raise DnError(f"{source} is a folder: translate_slides translates the slides in a folder")
     runner = model if isinstance(model, Runner) else None
     return _translate(
         [Path(source)],
@@ -185,6 +187,7 @@ def _translate(
     on_progress: Callable[[str, int, int], None] | None = None,
     recursive: bool = False,
     patterns: tuple[str, ...] = (),
+    shard: tuple[int, int] | None = None,
     format: str = "tiff",
     preview: str | Path | None = None,
     tissue_mask: str | Path | None = None,
@@ -200,10 +203,9 @@ def _translate(
     settings = _settings(options, ome=format == "ome-tiff")
     if why := settings_conflict(settings.level, settings.mpp, settings.tissue, tissue_mask):
         raise DnError(why)
-    ask = {"recursive": recursive, "patterns": tuple(patterns), "ome": settings.ome}
-    request = plan_request(
-        paths, output, **ask, preview=preview, tissue_mask=tissue_mask, folders=frozenset({"output"} if folder else ())
-    )
+    ask = {"recursive": recursive, "patterns": tuple(patterns), "ome": settings.ome, "shard_of": shard}
+    folders = frozenset({"output"} if folder else ())
+    request = plan_request(paths, output, **ask, preview=preview, tissue_mask=tissue_mask, folders=folders)
     run = Run(model, settings, started, overwrite=overwrite, fail_fast=fail_fast)
     events = Logged(on_progress)
     tiles = runner.tiles if runner is not None else None

@@ -88,6 +88,8 @@ def test_bad_input_raises_with_the_message_the_command_prints(tmp_path, slides, 
         dn.translate_array(np.zeros((10, 10), np.float32), checkpoint)
     with pytest.raises(dn.ModelError):
         dn.load_model(tmp_path / "missing.pth")
+    with pytest.raises(dn.DnError, match="is a folder: translate_slides"):
+        dn.translate_slide(slides, tmp_path / "x.tif", checkpoint)
     cases = [
         ([slides / "nothing.png", tmp_path / "x.tif"], {}),
         ([slides / "a.png", tmp_path / "x.txt"], {}),
@@ -114,6 +116,8 @@ def test_an_existing_output_is_refused_then_replaced_only_when_asked(tmp_path, s
     assert [r.status for r in dn.translate_slides(slides, tmp_path / "folder", checkpoint)] == ["done"] * 2
     again = dn.translate_slides(slides, tmp_path / "folder", checkpoint)
     assert [(r.status, r.record()["reason"]) for r in again] == [("skipped", "exists")] * 2
+    shards = [dn.translate_slides(slides, tmp_path / "shards", checkpoint, shard=(k, 2)) for k in (0, 1)]
+    assert sorted(r.input.name for results in shards for r in results) == ["a.png", "b.png"]
 
 
 def test_a_batch_reports_each_failure_in_its_result_as_the_json_lines_do(tmp_path, slides, checkpoint):
