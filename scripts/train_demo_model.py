@@ -10,6 +10,12 @@ learns to leave empty glass alone (under InstanceNorm a near-flat tile is amplif
 Seeded; minutes on a CPU.
 
     python scripts/train_demo_model.py --out dn_cli/models/weights/dab2aec_resnet_ngf16.pth
+
+``--target he`` trains the second supervised model of the fidelity benchmark
+(``scripts/fidelity.py``) the same way: the DAB density re-rendered as eosin (H&E stain
+vectors), a re-stain whose true output is known for every pixel.
+
+    python scripts/train_demo_model.py --target he --out scripts/weights/dab2he_resnet_ngf16.pth
 """
 
 from __future__ import annotations
@@ -50,6 +56,17 @@ def dab_to_aec(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
+def dab_to_eosin(rgb: np.ndarray) -> np.ndarray:
+    """Re-render a haematoxylin + DAB image with the haematoxylin + eosin stain vectors of H&E."""
+    hed = skimage.color.rgb2hed(rgb)
+    he = np.stack([hed[..., 0], hed[..., 2], np.zeros_like(hed[..., 0])], axis=-1)
+    out = skimage.color.combine_stains(he, skimage.color.rgb_from_hed)
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
+TARGETS = {"aec": dab_to_aec, "he": dab_to_eosin}
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).float() / 127.5 - 1
 
@@ -77,16 +94,18 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", choices=sorted(TARGETS), default="aec", help="what DAB becomes")
     args = parser.parse_args()
+    stain = TARGETS[args.target]
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     ihc = skimage.data.immunohistochemistry()
-    source, target = to_tensor(ihc), to_tensor(dab_to_aec(ihc))
+    source, target = to_tensor(ihc), to_tensor(stain(ihc))
     train = (source[:, :, :TRAIN_COLUMNS], target[:, :, :TRAIN_COLUMNS])
     held_out = (source[:, :, TRAIN_COLUMNS:], target[:, :, TRAIN_COLUMNS:])
     slide = on_glass(ihc[:, :TRAIN_COLUMNS], rng)
-    train_on_glass = (to_tensor(slide), to_tensor(dab_to_aec(slide)))
+    train_on_glass = (to_tensor(slide), to_tensor(stain(slide)))
 
     net = ResnetGenerator(ngf=args.ngf, n_blocks=args.blocks)
     optimiser = torch.optim.Adam(net.parameters(), lr=2e-3, betas=(0.5, 0.999))

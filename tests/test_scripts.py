@@ -128,3 +128,18 @@ def test_commit_bench_measures_the_host_stages_on_one_core_then_two():
     assert name.endswith("2 ÷ 1 cores") and scaling["write_mpx_s"] == pytest.approx(
         two["write_mpx_s"] / one["write_mpx_s"], abs=0.01
     )
+
+
+def test_fidelity_reports_every_policy_by_ring_for_both_models():
+    done = run_script("fidelity.py", "--tile-size", "128", "--seeds", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["model"].split(" (")[0] for r in results] == ["DAB → AEC", "DAB → eosin"]
+    for result in results:
+        for yardstick in ("truth", "local"):
+            assert set(result[yardstick]) == {"untiled", "dn", "in", "kin", "tin"}
+            assert all(
+                set(by_ring) == {"all", "border", "interior", "centre", "seam"}
+                for by_ring in result[yardstick].values()
+            )
+        assert set(result["seams"]["0"]) == {"untiled", "dn", "in", "kin", "tin"}
