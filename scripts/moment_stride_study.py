@@ -1,0 +1,194 @@
+"""Would moments on a grid finer than the tiles bring DN nearer the local reference, and the truth?
+
+    python scripts/moment_stride_study.py                 # both models, tile 128, strides 128 and 64
+
+Measured before building it into the pipeline (issue 27, part 2), with a slow float64 Dense
+Normalization written from docs/dense-normalization.md and generalised to a moment grid of
+stride S: the collect pass runs the model (per-window InstanceNorm, in-image pixels only, as dn
+does) on windows of the tile's padded size centred every S pixels from T/2 (with S < T, also on
+the image's edges), and the apply pass runs the tiles unchanged, each feature pixel normalised
+with the bilinear blend (hats S wide) of the window moments around it. S = T is dn's DN: its
+row is checked against dn's own output. Rings, yardsticks and mosaics are scripts/fidelity.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fidelity  # noqa: E402  (the benchmark's models, yardsticks and mosaics)
+
+from dn_cli.geometry import default_margin  # noqa: E402
+from dn_cli.metrics import local_reference, ring_errors, ring_masks, seam_score  # noqa: E402
+from dn_cli.models import DEMO_MODEL, load_generator  # noqa: E402
+from dn_cli.pipeline import TileRunner  # noqa: E402
+
+
+def reflect(index: np.ndarray, size: int) -> np.ndarray:
+    period = 2 * (size - 1)
+    index = np.abs(index) % period
+    return np.where(index < size, index, period - index)
+
+
+class Norm(nn.Module):
+    """Stands in for one InstanceNorm2d: the study normalises, knowing the window."""
+
+    def __init__(self, study: FineDN, norm: nn.InstanceNorm2d) -> None:
+        super().__init__()
+        self.study, self.norm = [study], norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.study[0].normalise(self.norm, x)
+
+
+class FineDN:
+    """Two passes: every moment window collected, then every tile applied."""
+
+    def __init__(
+        self, model: nn.Module, image: np.ndarray, tile: int, margin: int, stride: int, edges: bool = True
+    ) -> None:
+        self.model = copy.deepcopy(model).double().eval()
+        self._swap(self.model)
+        self.image, self.tile, self.margin, self.stride = image, tile, margin, stride
+        self.height, self.width = image.shape[:2]
+        self.side = tile + 2 * margin
+        first = tile / 2 - (tile / 2 // stride) * stride if edges else tile / 2  # every S either side of T/2
+        last = lambda n: (max(n, -(-n // tile) * tile - tile / 2) if edges else -(-n // tile) * tile - tile / 2) + 1e-9  # noqa: E731
+        self.ys, self.xs = np.arange(first, last(self.height), stride), np.arange(first, last(self.width), stride)
+        self.moments: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per layer: (Ky, Kx, C) each
+
+    def _swap(self, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.InstanceNorm2d):
+                setattr(module, name, Norm(self, child))
+            else:
+                self._swap(child)
+
+    def window(self, y0: float, x0: float) -> torch.Tensor:
+        ys = reflect(np.arange(int(y0), int(y0) + self.side), self.height)
+        xs = reflect(np.arange(int(x0), int(x0) + self.side), self.width)
+        pixels = torch.from_numpy(self.image[np.ix_(ys, xs)].astype(np.float64))
+        return pixels.permute(2, 0, 1)[None] / 127.5 - 1
+
+    def centres(self, origin: float, n: int) -> np.ndarray:
+        return origin + (np.arange(n) + 0.5) * self.side / n
+
+    def normalise(self, norm: nn.InstanceNorm2d, x: torch.Tensor) -> torch.Tensor:
+        index, self.calls = self.calls, self.calls + 1
+        ys, xs = self.centres(self.origin[0], x.shape[-2]), self.centres(self.origin[1], x.shape[-1])
+        if self.collecting:
+            inside = torch.from_numpy(((ys >= 0) & (ys < self.height))[:, None] & ((xs >= 0) & (xs < self.width)))
+            part = x[0][:, inside]
+            mean, inverse_std = part.mean(dim=1), 1 / torch.sqrt(part.var(dim=1, unbiased=False) + norm.eps)
+            self.found.append((mean, inverse_std))
+            mean, inverse_std = mean[:, None, None], inverse_std[:, None, None]
+        else:
+
+            def hat(at: np.ndarray, grid: np.ndarray) -> np.ndarray:  # beyond the outer centres: theirs
+                at = np.clip(at, grid[0], grid[-1])
+                return np.clip(1 - np.abs(at[None, :] - grid[:, None]) / self.stride, 0, None)
+
+            wy, wx = torch.from_numpy(hat(ys, self.ys)), torch.from_numpy(hat(xs, self.xs))  # (K, n)
+            means, inverse_stds = self.moments[index]
+            total = torch.einsum("ky,lx->yx", wy, wx)
+            mean = torch.einsum("ky,lx,klc->cyx", wy, wx, means) / total
+            inverse_std = torch.einsum("ky,lx,klc->cyx", wy, wx, inverse_stds) / total
+        y = (x - mean) * inverse_std
+        if norm.affine:
+            y = y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
+        return y
+
+    def run(self, y0: float, x0: float, collecting: bool) -> torch.Tensor:
+        self.origin, self.collecting, self.calls, self.found = (y0, x0), collecting, 0, []
+        return self.model(self.window(y0, x0))
+
+    def collect(self, y0: float, x0: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self.run(y0, x0, True)
+        return self.found
+
+    def translate(self) -> np.ndarray:
+        half = self.side / 2
+        with torch.no_grad():
+            grid = [[self.collect(cy - half, cx - half) for cx in self.xs] for cy in self.ys]
+            for layer in range(len(grid[0][0])):
+                means = torch.stack([torch.stack([w[layer][0] for w in row]) for row in grid])
+                inverse_stds = torch.stack([torch.stack([w[layer][1] for w in row]) for row in grid])
+                self.moments.append((means, inverse_stds))
+            out = np.zeros_like(self.image)
+            t, m = self.tile, self.margin
+            for top in range(0, self.height, t):
+                for left in range(0, self.width, t):
+                    y = self.run(top - m, left - m, False)[0, :, m : m + t, m : m + t]
+                    pixels = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+                    h, w = min(t, self.height - top), min(t, self.width - left)
+                    out[top : top + h, left : left + w] = pixels[:h, :w]
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tile-size", type=int, default=128)
+    parser.add_argument("--strides", type=int, nargs="+", default=[128, 64])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    stains = fidelity.training_script()
+    image = skimage.data.immunohistochemistry()
+    t = args.tile_size
+    for name, path, truth_of in [
+        ("DAB → AEC", DEMO_MODEL, stains.dab_to_aec),
+        ("DAB → eosin", fidelity.RESTAIN_MODEL, stains.dab_to_eosin),
+    ]:
+        generator = load_generator(path)
+        runner = TileRunner(generator, torch.device("cpu"))
+        margin = default_margin(t, generator.stride)
+        rings = ring_masks(*image.shape[:2], t)
+        truth, local = truth_of(image), local_reference(image, runner, t + 2 * margin)
+        rows = {"dn (pipeline)": fidelity.translated(image, runner, policy="dn", tile_size=t)}
+        rows["in (pipeline)"] = fidelity.translated(image, runner, policy="in", tile_size=t)
+        for stride in args.strides:
+            rows[f"S = {stride}"] = FineDN(generator.module, image, t, margin, stride).translate()
+            if stride < t:
+                rows[f"S = {stride}, no edge windows"] = FineDN(
+                    generator.module, image, t, margin, stride, False
+                ).translate()
+        print(f"### {name}: tile {t}, margin {margin}\n")
+        for label, reference in (("truth", truth), ("local reference", local)):
+            print(
+                f"Mean |output − {label}|:\n\n| output | "
+                + " | ".join(rings)
+                + " |\n"
+                + "|---" * (len(rings) + 1)
+                + "|"
+            )
+            for key, pixels in rows.items():
+                errors = ring_errors(pixels, reference, rings)
+                print(f"| {key} | " + " | ".join(f"{errors[r]:.2f}" for r in rings) + " |")
+            print()
+        check = np.abs(rows[f"S = {t}"].astype(int) - rows["dn (pipeline)"]) if t in args.strides else None
+        if check is not None:
+            print(
+                f"S = {t} against dn's pipeline: max {check.max()}, {100 * (check > 0).mean():.3f} % of values differ\n"
+            )
+        print("Seam scores on mosaics:\n\n| seed | untiled | " + " | ".join(f"S = {s}" for s in args.strides) + " |")
+        print("|---" * (len(args.strides) + 2) + "|")
+        for seed in args.seeds:
+            piecework = fidelity.mosaic(image, seed)
+            scores = [seam_score(fidelity.untiled(piecework, runner), t)]
+            scores += [
+                seam_score(FineDN(generator.module, piecework, t, margin, s).translate(), t) for s in args.strides
+            ]
+            print(f"| {seed} | " + " | ".join(f"{score:.3f}" for score in scores) + " |")
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
