@@ -150,16 +150,14 @@ def _paths(inputs) -> list[Path]:
 
 
 def _model(model: ModelLike | Runner, options: dict) -> Model:
-    if isinstance(model, Runner):
-        return model.model
-    return load_model(model, arch=options.pop("arch", None), trust_code=options.pop("trust_code", False))
+    """The model, ``arch`` and ``trust_code`` taken out of ``options`` (a runner's model is loaded)."""
+    arch, trust_code = options.pop("arch", None), options.pop("trust_code", False)
+    return model.model if isinstance(model, Runner) else load_model(model, arch=arch, trust_code=trust_code)
 
 
 def _runner(model, device: str, precision: str, compile: str, options: dict) -> Runner:
-    if isinstance(model, Runner):
-        return model
-    arch, trust_code = options.pop("arch", None), options.pop("trust_code", False)
-    return Runner(model, device=device, precision=precision, compile=compile, arch=arch, trust_code=trust_code)
+    loaded = _model(model, options)
+    return model if isinstance(model, Runner) else Runner(loaded, device=device, precision=precision, compile=compile)
 
 
 def _settings(options: dict, **given) -> Settings:
