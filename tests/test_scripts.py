@@ -143,3 +143,9 @@ def test_fidelity_reports_every_policy_by_ring_for_both_models():
                 for by_ring in result[yardstick].values()
             )
         assert set(result["seams"]["0"]) == {"untiled", "dn", "in", "kin", "tin"}
+
+
+def test_house_measures_the_code_and_finds_no_import_circle():
+    figures = last_json(run_script("house.py", "--json"))
+    assert figures["modules"] > 40 and figures["cli_lines"] < figures["lines"]
+    assert figures["circles"] == [] and figures["functions_over_100_lines"] == 0  # issue 26
