@@ -1,14 +1,16 @@
-"""Would moments on a grid finer than the tiles bring DN nearer the local reference, and the truth?
+"""Would moments on a grid finer than the tiles, or edge tiles read inside the image, bring DN
+nearer the local reference, and the truth? (Issue 27, parts 2 and 3, measured before building.)
 
     python scripts/moment_stride_study.py                 # both models, tile 128, strides 128 and 64
 
-Measured before building it into the pipeline (issue 27, part 2), with a slow float64 Dense
-Normalization written from docs/dense-normalization.md and generalised to a moment grid of
-stride S: the collect pass runs the model (per-window InstanceNorm, in-image pixels only, as dn
-does) on windows of the tile's padded size centred every S pixels from T/2 (with S < T, also on
-the image's edges), and the apply pass runs the tiles unchanged, each feature pixel normalised
-with the bilinear blend (hats S wide) of the window moments around it. S = T is dn's DN: its
-row is checked against dn's own output. Rings, yardsticks and mosaics are scripts/fidelity.py's.
+A slow float64 Dense Normalization written from docs/dense-normalization.md, generalised: the
+collect pass runs the model (per-window InstanceNorm, in-image pixels only, as dn does) on
+windows of the tile's padded size centred every S pixels from the first tile's centre to the
+last's (*edge windows*: also on the image's edges); the apply pass runs the tiles, each feature
+pixel normalised with the bilinear blend (hats S wide; beyond the outer centres, theirs) of the
+window moments around it — *edge tiles inward*: the edge tiles' windows shifted inside the
+image, so the model's own padding meets its edge. S = T is dn's DN: checked against dn's own
+output here and in tests/test_fidelity.py. Rings, yardsticks and mosaics: scripts/fidelity.py.
 """
 
 from __future__ import annotations
@@ -53,11 +55,18 @@ class FineDN:
     """Two passes: every moment window collected, then every tile applied."""
 
     def __init__(
-        self, model: nn.Module, image: np.ndarray, tile: int, margin: int, stride: int, edges: bool = True
+        self,
+        model: nn.Module,
+        image: np.ndarray,
+        tile: int,
+        margin: int,
+        stride: int,
+        edges: bool = False,
+        inward: bool = False,
     ) -> None:
         self.model = copy.deepcopy(model).double().eval()
         self._swap(self.model)
-        self.image, self.tile, self.margin, self.stride = image, tile, margin, stride
+        self.image, self.tile, self.margin, self.stride, self.inward = image, tile, margin, stride, inward
         self.height, self.width = image.shape[:2]
         self.side = tile + 2 * margin
         first = tile / 2 - (tile / 2 // stride) * stride if edges else tile / 2  # every S either side of T/2
@@ -126,7 +135,12 @@ class FineDN:
             t, m = self.tile, self.margin
             for top in range(0, self.height, t):
                 for left in range(0, self.width, t):
-                    y = self.run(top - m, left - m, False)[0, :, m : m + t, m : m + t]
+                    y0, x0 = top - m, left - m
+                    if self.inward:  # edge tiles read inside the image: the model's own padding meets its edge
+                        y0 = min(max(y0, 0), max(self.height - self.side, 0))
+                        x0 = min(max(x0, 0), max(self.width - self.side, 0))
+                    dy, dx = top - y0, left - x0
+                    y = self.run(y0, x0, False)[0, :, dy : dy + t, dx : dx + t]
                     pixels = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
                     h, w = min(t, self.height - top), min(t, self.width - left)
                     out[top : top + h, left : left + w] = pixels[:h, :w]
@@ -155,11 +169,9 @@ def main() -> None:
         rows = {"dn (pipeline)": fidelity.translated(image, runner, policy="dn", tile_size=t)}
         rows["in (pipeline)"] = fidelity.translated(image, runner, policy="in", tile_size=t)
         for stride in args.strides:
-            rows[f"S = {stride}"] = FineDN(generator.module, image, t, margin, stride).translate()
-            if stride < t:
-                rows[f"S = {stride}, no edge windows"] = FineDN(
-                    generator.module, image, t, margin, stride, False
-                ).translate()
+            variants = [("", {})] + ([(", edge windows", {"edges": True})] if stride < t else [])
+            for label, options in [*variants, (", edge tiles inward", {"inward": True})]:
+                rows[f"S = {stride}{label}"] = FineDN(generator.module, image, t, margin, stride, **options).translate()
         print(f"### {name}: tile {t}, margin {margin}\n")
         for label, reference in (("truth", truth), ("local reference", local)):
             print(
@@ -178,14 +190,16 @@ def main() -> None:
             print(
                 f"S = {t} against dn's pipeline: max {check.max()}, {100 * (check > 0).mean():.3f} % of values differ\n"
             )
-        print("Seam scores on mosaics:\n\n| seed | untiled | " + " | ".join(f"S = {s}" for s in args.strides) + " |")
-        print("|---" * (len(args.strides) + 2) + "|")
+        variants = {f"S = {s}": (s, False) for s in args.strides} | {f"S = {t}, inward": (t, True)}
+        print("Seam scores on mosaics:\n\n| seed | untiled | " + " | ".join(variants) + " |")
+        print("|---" * (len(variants) + 2) + "|")
         for seed in args.seeds:
             piecework = fidelity.mosaic(image, seed)
             scores = [seam_score(fidelity.untiled(piecework, runner), t)]
-            scores += [
-                seam_score(FineDN(generator.module, piecework, t, margin, s).translate(), t) for s in args.strides
-            ]
+            for stride, inward in variants.values():
+                scores.append(
+                    seam_score(FineDN(generator.module, piecework, t, margin, stride, inward=inward).translate(), t)
+                )
             print(f"| {seed} | " + " | ".join(f"{score:.3f}" for score in scores) + " |")
         print(flush=True)
 
