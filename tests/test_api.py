@@ -155,8 +155,10 @@ def test_a_runner_converts_once_and_serves_many_calls(tmp_path, slides, checkpoi
     assert runner.tiles is tiles and runner.device == "cpu"
 
 
-def test_slides_are_dealt_over_devices_from_python(tmp_path, slides, checkpoint):
-    results = dn.translate_slides(slides, tmp_path / "out", checkpoint, devices=["cpu", "cpu"])
+def test_slides_are_dealt_over_devices_from_python(tmp_path, slides, checkpoint, caplog):
+    with caplog.at_level(logging.WARNING, logger="dn"):
+        results = dn.translate_slides(slides, tmp_path / "out", checkpoint, devices=["cpu", "cpu"], precision="bf16")
+    assert any("--precision bf16 on the CPU" in r.getMessage() for r in caplog.records)
     assert sorted(r.status for r in results) == ["done", "done"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "a.tif.json", "b.tif", "b.tif.json"]
 

@@ -29,15 +29,21 @@ def resolved(settings: Settings, model: Model) -> Settings:
     return settings
 
 
+def precision_on(device: torch.device, precision: str, events: Events) -> torch.dtype | None:
+    """The autocast dtype ``precision`` gives on ``device``; said if it is slow there."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is not None and device.type == "cpu":
+        events.warning(f"--precision {precision} on the CPU is many times slower than fp32")
+    return dtype
+
+
 def make_runner(
     model: Model, device: str | torch.device, precision: str, compile_model: str, events: Events
 ) -> TileRunner:
     """The model converted to DN on ``device``, compiled if ``compile_model`` asks (``auto``: on
     CUDA now; on a CPU slide by slide, where it pays)."""
     torch_device = select_device(device) if isinstance(device, str) else device
-    dtype = autocast_dtype(precision, torch_device)
-    if dtype is not None and torch_device.type == "cpu":
-        events.warning(f"--precision {precision} on the CPU is many times slower than fp32")
+    dtype = precision_on(torch_device, precision, events)
     runner = TileRunner(model.loaded(), torch_device, dtype)
     if compiled.wanted(compile_model, torch_device):
         runner.compile(events.warning)
@@ -61,6 +67,7 @@ def run_request(
         events.warning(warning)
     run = replace(run, settings=resolved(run.settings, run.model))
     if devices is not None and not request.one_file:  # one file: nothing to deal out, run on the first device
+        precision_on(select_device(devices[0]), precision, events)
         cpu_workers = sum(select_device(name).type == "cpu" for name in devices)
         threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
         return Dealer(Shared(run, precision, request.jobs, threads), devices, events).run()
