@@ -52,6 +52,8 @@ class DensePass:
         tile_size: T in level pixels (feature geometry, DESIGN.md §2).
         margin: m in level pixels.
         weighting: ``bilinear`` for DN, ``flat`` (mean of the valid neighbours) for KIN.
+        moment_stride: S, the spacing of the moments the neighbourhood holds (``geometry.MomentGrid``):
+            None for the tile centres (T), else T/2.
         neighbourhood: the moments around each batch item (``apply``).
         inside: for each batch item the part of its padded tile that lies in the image, in
             pixels of that tile (top, bottom, left, right): a tile with a part outside (mirrored
@@ -65,6 +67,7 @@ class DensePass:
     tile_size: int = 512
     margin: int = 16
     weighting: Weighting = "bilinear"
+    moment_stride: int | None = None
     neighbourhood: Neighbourhood | None = None
     inside: tuple[tuple[int, int, int, int], ...] | None = None
     inside_tensor: torch.Tensor | None = None
@@ -96,19 +99,24 @@ class PassScope:
             self.current = previous
 
 
-def axis_weights(n: int, tile_size: int, margin: int, weighting: Weighting) -> torch.Tensor:
+def axis_weights(
+    n: int, tile_size: int, margin: int, weighting: Weighting, moment_stride: int | None = None
+) -> torch.Tensor:
     """``(3, n)`` weights of the neighbours at offsets -1, 0, +1 for the n feature pixels of one axis.
 
     Feature pixel k of a padded tile sits at ``-m + (k + 0.5) * s`` from the tile's origin, with
-    ``s = (T + 2m) / n``; its fractional grid coordinate relative to the tile is
-    ``u = (x - T/2) / T`` and a neighbour at offset d gets the bilinear hat ``max(0, 1 - |u - d|)``.
-    Both weightings sum to 1 over a complete neighbourhood (flat: 1/3 per axis).
+    ``s = (T + 2m) / n``; its fractional coordinate on the moment grid relative to the tile is
+    ``u = (x - T/2) / S`` (S: the moment stride, T by default: moments at the tile centres; T/2:
+    also halfway between them), and the moments at offset d get the bilinear hat
+    ``max(0, 1 - |u - d|)``. ``u`` is held within [-1, 1]: with S = T/2 the margin lies beyond
+    the outer moments of the neighbourhood and takes theirs (with S = T, ``2m ≤ T`` keeps it
+    within already). Both weightings sum to 1 over a complete neighbourhood (flat: 1/3 per axis).
     """
     if weighting == "flat":
         return torch.full((3, n), 1 / 3, dtype=torch.float64)
     stride = (tile_size + 2 * margin) / n
     x = -margin + (torch.arange(n, dtype=torch.float64) + 0.5) * stride
-    u = (x - tile_size / 2) / tile_size
+    u = ((x - tile_size / 2) / (moment_stride or tile_size)).clamp(-1, 1)
     offsets = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)[:, None]
     return (1 - (u[None, :] - offsets).abs()).clamp(min=0)
 
@@ -126,12 +134,15 @@ class RowWeights(NamedTuple):
     split: int | None
 
 
-def row_weights(n: int, tile_size: int, margin: int, weighting: Weighting) -> RowWeights:
+def row_weights(
+    n: int, tile_size: int, margin: int, weighting: Weighting, moment_stride: int | None = None
+) -> RowWeights:
     """:func:`axis_weights` for the rows, with the split :func:`dense_fields` blends by."""
     # Rows centred above the tile's middle (k + ½ < n/2) mix the upper neighbour; a middle row
     # (odd n) weighs the tile's own alone, on either side. Numbers, not a tensor's: nothing here may
     # read a tensor back, or a compiled model breaks its graph at every layer.
-    return RowWeights(axis_weights(n, tile_size, margin, weighting), None if weighting == "flat" else n // 2)
+    weights = axis_weights(n, tile_size, margin, weighting, moment_stride)
+    return RowWeights(weights, None if weighting == "flat" else n // 2)
 
 
 def blend_rows(along_x: torch.Tensor, rows: RowWeights, channels_last: bool = False) -> torch.Tensor:
@@ -339,10 +350,10 @@ class DenseNorm2d(nn.Module):
         return y.mul_(scale) if bias is None else torch.addcmul(bias[:, None, None], y, scale, out=y)
 
     def _axis_weights(self, h: int, w: int, device: torch.device, p: DensePass) -> tuple[RowWeights, torch.Tensor]:
-        key = (h, w, p.tile_size, p.margin, p.weighting, device)
+        key = (h, w, p.tile_size, p.margin, p.weighting, p.moment_stride, device)
         if key not in self._weights_cache:
-            rows = row_weights(h, p.tile_size, p.margin, p.weighting)
-            wx = axis_weights(w, p.tile_size, p.margin, p.weighting)
+            rows = row_weights(h, p.tile_size, p.margin, p.weighting, p.moment_stride)
+            wx = axis_weights(w, p.tile_size, p.margin, p.weighting, p.moment_stride)
             self._weights_cache[key] = (
                 rows._replace(weights=rows.weights.to(device, torch.float32)),
                 wx.to(device, torch.float32),

@@ -78,6 +78,77 @@ class TileGrid:
         return Box(x, y, min(t, self.width - x), min(t, self.height - y))
 
 
+@dataclass(frozen=True)
+class MomentGrid:
+    """Where DN measures moments: windows of the tiles' padded size centred every ``stride``
+    pixels, from the first tile's centre to the last's. ``stride`` = T: the tiles' own padded
+    boxes, one window per tile; T/2: also windows halfway between tile centres, (2R − 1) ×
+    (2C − 1) of them, so no pixel is more than a quarter tile from where its moments were
+    measured. Window (a, b) is centred at (T/2 + a·S, T/2 + b·S); the moments of tile (r, c)'s
+    neighbourhood are those of windows (f·r + i, f·c + j), i, j ∈ {−1, 0, 1}, f = T/S.
+    """
+
+    tiles: TileGrid
+    stride: int
+
+    def __post_init__(self) -> None:
+        if self.tiles.tile_size not in (self.stride, 2 * self.stride):
+            raise GeometryError(f"moment stride {self.stride}: the tile size or half of it")
+
+    @property
+    def factor(self) -> int:
+        return self.tiles.tile_size // self.stride
+
+    @property
+    def rows(self) -> int:
+        return self.factor * (self.tiles.rows - 1) + 1
+
+    @property
+    def cols(self) -> int:
+        return self.factor * (self.tiles.cols - 1) + 1
+
+    @property
+    def padded_size(self) -> int:
+        return self.tiles.padded_size
+
+    @property
+    def width(self) -> int:
+        return self.tiles.width
+
+    @property
+    def height(self) -> int:
+        return self.tiles.height
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def position(self, index: int) -> tuple[int, int]:
+        return divmod(index, self.cols)
+
+    def padded_box(self, row: int, col: int) -> Box:
+        """Window (row, col): centred at T/2 + index·S, so its origin is index·S − m."""
+        s, m, side = self.stride, self.tiles.margin, self.padded_size
+        return Box(col * s - m, row * s - m, side, side)
+
+    def inside(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """The part of a window in the image, as :meth:`TileGrid.inside`."""
+        box, side = self.padded_box(row, col), self.padded_size
+        top, left = max(0, -box.y), max(0, -box.x)
+        return top, min(side, self.height - box.y), left, min(side, self.width - box.x)
+
+    def tiles_of(self, index: int) -> list[int]:
+        """The raster indices of the tiles whose neighbourhoods hold window ``index``: the tile
+        it is centred in, and with S = T/2 for a window on a tile border both tiles beside it."""
+        f, cols = self.factor, self.tiles.cols
+        if f == 1:
+            return [index]
+        # Tile r's neighbourhood holds windows f·r − 1 … f·r + 1: window a is in tiles ⌈(a−1)/f⌉ … ⌊(a+1)/f⌋.
+        row, col = self.position(index)
+        rows = range(max(0, (row + f - 2) // f), min(self.tiles.rows - 1, (row + 1) // f) + 1)
+        columns = range(max(0, (col + f - 2) // f), min(cols - 1, (col + 1) // f) + 1)
+        return [r * cols + c for r in rows for c in columns]
+
+
 def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
     """Indices ``start .. start+length`` folded into ``[0, size)`` by mirror reflection.
 

@@ -32,14 +32,30 @@ class MomentLayout:
 
 
 class MomentRing:
-    """Moments of the last few tile rows, in a ring of ``slots`` rows on the compute device.
+    """Moments of the last few rows of moment windows, in a ring of ``slots`` rows on the compute
+    device (``rows`` × ``cols`` windows: the tiles, or a ``geometry.MomentGrid``).
 
     Memory is O(grid width). A row's slot is reused only once no tile still to be applied can
     need it; the ring checks that on the host, without synchronising the device.
+
+    Args:
+        factor: windows per tile along each axis (``MomentGrid.factor``): tile (r, c)'s
+            neighbourhood is windows (factor·r ± 1, factor·c ± 1).
+        tile_cols: the tile grid's width, which raster tile indices count in (default: ``cols``).
     """
 
-    def __init__(self, layout: MomentLayout, rows: int, cols: int, slots: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        layout: MomentLayout,
+        rows: int,
+        cols: int,
+        slots: int,
+        device: torch.device,
+        factor: int = 1,
+        tile_cols: int | None = None,
+    ) -> None:
         self.layout, self.rows, self.cols, self.slots = layout, rows, cols, slots
+        self.factor, self.tile_cols = factor, tile_cols or cols
         # One spare slot row and two spare columns stay invalid: neighbours outside the grid.
         self._moments = torch.zeros(slots + 1, cols + 2, 2, layout.total, device=device)
         self._written = np.zeros((slots + 1, cols + 2), bool)  # on the host: no device sync
@@ -63,10 +79,14 @@ class MomentRing:
 
     def gather(self, tiles: Sequence[int]) -> Neighbourhood:
         """The 3 × 3 neighbourhoods of raster ``tiles``."""
-        rows, cols = np.divmod(np.asarray(tiles), self.cols)
+        rows, cols = (self.factor * i for i in np.divmod(np.asarray(tiles), self.tile_cols))
         around = np.arange(-1, 2)
-        slot_idx = np.array([[self._slot_of(r) for r in row + around] for row in rows])
-        col_idx = cols[:, None] + 1 + around
+        if self.factor == 1:  # neighbours outside the grid: invalid, their weight renormalised away
+            slot_idx = np.array([[self._slot_of(r) for r in row + around] for row in rows])
+            col_idx = cols[:, None] + 1 + around
+        else:  # windows beyond the grid's edge: the edge window's moments, as the margin takes them
+            slot_idx = np.array([[self._slot_of(r) for r in np.clip(row + around, 0, self.rows - 1)] for row in rows])
+            col_idx = np.clip(cols[:, None] + around, 0, self.cols - 1) + 1
         device = self._moments.device
         s = torch.as_tensor(slot_idx, device=device)[:, :, None]
         c = torch.as_tensor(col_idx, device=device)[:, None, :]

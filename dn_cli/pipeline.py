@@ -21,14 +21,14 @@ from dn_cli.compiled import MIN_FORWARDS, Clock, History, keep_kernels_on_disk, 
 from dn_cli.dense_norm import DensePass, Neighbourhood, PassScope, collecting_model, convert_instance_norm
 from dn_cli.device import autocast, exact_fp32
 from dn_cli.errors import DeviceMemoryError, ModelError, first_line
-from dn_cli.geometry import Box, TileGrid, check_geometry, default_margin, fit_grid
+from dn_cli.geometry import Box, MomentGrid, TileGrid, check_geometry, default_margin, fit_grid
 from dn_cli.images import ImageSource, Sink, read_padded
 from dn_cli.models import Generator
 from dn_cli.moments import MomentLayout, MomentRing, ThumbnailMoments
 from dn_cli.output_stage import OutputStage
 from dn_cli.policies import FLAT_STD, POLICIES, Policy, collects, glass_colour, is_flat, uses_thumbnail, weighting
 from dn_cli.prefetch import TileReader
-from dn_cli.schedule import apply_only, rows_in_flight, single_pass, two_pass
+from dn_cli.schedule import Step, apply_only, by_tile_rows, rows_in_flight, single_pass, two_pass
 from dn_cli.stopping import Stop
 
 
@@ -345,6 +345,7 @@ def translate(
     two_pass_oracle: bool = False,
     flat_std: float = FLAT_STD,
     grid: TileGrid | None = None,
+    moment_stride: int | None = None,
 ) -> TileGrid:
     """Translate ``source`` into ``sink`` tile by tile with the given normalisation policy.
 
@@ -362,6 +363,8 @@ def translate(
             must match; memory grows with the grid area).
         flat_std: tiles whose own pixels vary less than this carry the image's moments
             (``policies.is_flat``; 0: none do, as in the paper).
+        moment_stride: ``dn`` only: collect moments on windows centred every this many pixels
+            (``geometry.MomentGrid``: half the tile size; None or the tile size: at the tiles).
     """
     try:
         if policy not in POLICIES:
@@ -375,11 +378,21 @@ def translate(
             return grid
         runner.geometry = DensePass(tile_size=grid.tile_size, margin=grid.margin, weighting=weighting(policy))
         background = np.zeros(3, np.uint8)
-        if active is not None and not active.all():
+        if active is not None and not active.all():  # the glass: one tile with the image's moments only
             background = glass_colour(source, grid, active, lambda tile: render_glass(runner, source, grid, tile))
+        windows = None
+        if moment_stride not in (None, grid.tile_size) and collects(policy) and runner.layout.total:
+            if policy != "dn":
+                raise ValueError(f"a moment stride is DN's: not for policy {policy!r}")
+            windows = MomentGrid(grid, moment_stride)
+            runner.geometry = replace(runner.geometry, moment_stride=moment_stride)
         output = OutputStage(sink, grid, background, progress, skipping=active is not None and not active.all())
         try:
-            TilePass(source, grid, runner, policy, active, flat_std).run(batch_size, two_pass_oracle, output, progress)
+            tile_pass = TilePass(source, grid, runner, policy, active, flat_std)
+            if windows is None:
+                tile_pass.run(batch_size, two_pass_oracle, output, progress)
+            else:
+                tile_pass.run_on_windows(windows, batch_size, output, progress)
             output.close()
         except BaseException:
             output.abort()
@@ -466,13 +479,59 @@ class TilePass:
                 output.put(step.tiles, tiles, result)  # written in raster order, which the sinks rely on
                 applied = step.tiles.stop
 
+    def run_on_windows(self, windows: MomentGrid, batch_size: int, output: OutputStage, progress) -> None:
+        """The loop with moments on a finer grid: before each tile row, the windows its
+        neighbourhoods need are read and collected (a reader of their own), then the row's tiles
+        are read and applied. A window is collected if a tile whose neighbourhood holds it is
+        active (``MomentGrid.tiles_of``), so an active tile's neighbourhood is always complete."""
+        grid, runner, f = self.grid, self.runner, windows.factor
+        moments = MomentRing(runner.layout, windows.rows, windows.cols, 4, runner.device, f, grid.cols)
+        active = self.active
+
+        def kept(step: Step) -> list[int]:
+            if step.kind == "collect":
+                return [i for i in step.tiles if active is None or active.flat[windows.tiles_of(i)].any()]
+            return [i for i in step.tiles if active is None or active.flat[i]]
+
+        plan = [(step, kept(step)) for step in by_tile_rows(grid.rows, grid.cols, f, batch_size)]
+        plan = [(step, items) for step, items in plan if items or step.kind == "apply"]
+        collecting = [items for step, items in plan if step.kind == "collect"]
+        applying = [items for step, items in plan if step.kind == "apply" and items]
+        if progress is not None:
+            progress(0, len(grid))
+        applied = 0
+        with (
+            TileReader(self.source, windows, collecting, stage=lambda w: self.stage(w, True)) as window_reader,
+            TileReader(self.source, grid, applying, stage=lambda t: self.stage(t, False)) as tile_reader,
+        ):
+            for step, items in plan:
+                if step.kind == "collect":
+                    batch, flat = window_reader.read(items)
+                    oldest_needed_row = f * grid.position(applied)[0] - 1
+                    self.collect(batch, flat, items, moments, oldest_needed_row, windows)
+                    continue
+                result = None
+                if items:
+                    batch = tile_reader.read(items)[0]
+                    with naming_tiles(grid, items):
+                        result = runner.apply_async(batch, moments.gather(items), grid.margin, grid.tile_size)
+                output.put(step.tiles, items, result)
+                applied = step.tiles.stop
+
     def collect(
-        self, batch: torch.Tensor, flat: np.ndarray, tiles: list[int], moments: MomentRing, oldest_needed_row: int
+        self,
+        batch: torch.Tensor,
+        flat: np.ndarray,
+        tiles: list[int],
+        moments: MomentRing,
+        oldest_needed_row: int,
+        windows: TileGrid | MomentGrid | None = None,
     ) -> None:
-        """One batch's moments into the ring; flat tiles carry the image's instead."""
+        """One batch's moments into the ring; flat tiles (or windows) carry the image's instead."""
         grid, runner = self.grid, self.runner
-        with naming_tiles(grid, tiles):
-            packed = runner.collect(batch, [grid.inside(*grid.position(i)) for i in tiles])
+        where = windows or grid
+        with naming_tiles(grid, [where.tiles_of(i)[0] for i in tiles] if windows is not None else tiles):
+            packed = runner.collect(batch, [where.inside(*where.position(i)) for i in tiles])
         if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
             if self.image_moments is None:
                 self.image_moments = runner.image_moments(self.source, grid.padded_size)[0]

@@ -69,3 +69,21 @@ def rows_in_flight(steps: list[Step], cols: int) -> int:
         else:
             applied = step.tiles.stop
     return most
+
+
+def by_tile_rows(rows: int, cols: int, factor: int, batch: int) -> list[Step]:
+    """With moments on a finer grid (``geometry.MomentGrid``, ``factor`` windows per tile along
+    each axis): before each tile row, collect the rows of windows its neighbourhoods need (up to
+    window row factor·r + 1), then apply the row. Collect steps count windows in the window
+    grid's raster order, apply steps tiles; three window rows are needed at once."""
+    window_rows, window_cols = factor * (rows - 1) + 1, factor * (cols - 1) + 1
+    steps: list[Step] = []
+    collected = 0  # window rows
+    for row in range(rows):
+        needed = min(factor * row + 1, window_rows - 1) + 1
+        start, stop = collected * window_cols, needed * window_cols
+        steps += [Step("collect", range(i, min(i + batch, stop))) for i in range(start, stop, batch)]
+        collected = max(collected, needed)
+        start, stop = row * cols, (row + 1) * cols
+        steps += [Step("apply", range(i, min(i + batch, stop))) for i in range(start, stop, batch)]
+    return steps

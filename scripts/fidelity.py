@@ -7,8 +7,8 @@ Two supervised generators whose true output is known for every pixel, both train
 scikit-image's IHC photograph by colour deconvolution (``scripts/train_demo_model.py``): the
 bundled demo model (DAB → AEC) and a re-stain (DAB → eosin, ``scripts/weights/``). Each is run
 on the photograph untiled (one tile: the model as trained) and tiled under ``in``, ``kin``,
-``tin`` and ``dn``, and every output is compared, ring by ring (``metrics.ring_masks``: edge
-tiles, interior tiles, their centres and their seam bands):
+``tin``, ``dn`` and ``dn half`` (``--moment-stride half``), and every output is compared, ring
+by ring (``metrics.ring_masks``: edge tiles, interior tiles, their centres and their seam bands):
 
 - with the truth: the photograph re-stained by colour deconvolution (what the model learnt);
 - with the local reference: the model run on a tile-sized window centred on every 32-pixel
@@ -66,6 +66,7 @@ def outputs(image: np.ndarray, runner: TileRunner, tile_size: int) -> dict[str, 
     made = {"untiled": untiled(image, runner)}
     for policy in POLICIES:
         made[policy] = translated(image, runner, policy=policy, tile_size=tile_size)
+    made["dn half"] = translated(image, runner, policy="dn", tile_size=tile_size, moment_stride=tile_size // 2)
     return made
 
 

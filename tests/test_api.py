@@ -163,6 +163,13 @@ def test_slides_are_dealt_over_devices_from_python(tmp_path, slides, checkpoint,
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "a.tif.json", "b.tif", "b.tif.json"]
 
 
+def test_moments_every_half_tile_from_python(tissue, checkpoint):
+    image = tissue[:200, :300]
+    half = dn.translate_array(image, checkpoint, tile_size=64, tissue=False, moment_stride="half", device="cpu")
+    tile = dn.translate_array(image, checkpoint, tile_size=64, tissue=False, device="cpu")
+    assert half.shape == image.shape and np.abs(half.astype(int) - tile).mean() > 0.05
+
+
 def test_unknown_options_are_type_errors():
     with pytest.raises(TypeError, match="tile_sise"):
         dn.translate_array(np.zeros((8, 8, 3), np.uint8), tile_sise=64)

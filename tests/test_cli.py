@@ -157,3 +157,19 @@ def test_the_readme_option_table_is_the_help_and_the_help_reads_well():
     assert documented == offered - {"--help"}
     text = invoke("translate", "--help").output
     assert "--mpp MICRONS" in text and "ΜM" not in text  # click upper-cases metavars: µm would become ΜM
+
+
+def test_moments_every_half_tile_are_recorded_and_checked(tmp_path, image, checkpoint):
+    import json
+
+    out = tmp_path / "o.tif"
+    half = invoke("translate", image, "-o", out, "--model", checkpoint, "--tile-size", 64, "--moment-stride", "half")
+    assert half.exit_code == 0, half.output
+    assert json.loads(out.with_name("o.tif.json").read_text())["options"]["moment_stride"] == "half"
+    again = invoke("translate", image, "-o", out, "--model", checkpoint, "--tile-size", 64)
+    assert_one_line_error(again, "made with other settings (--moment-stride half)")
+    refused = invoke(
+        "translate", image, "-o", tmp_path / "x.tif", "--model", checkpoint, "--moment-stride", "half", "--norm", "in"
+    )
+    assert_one_line_error(refused, "--moment-stride half places DN's moments: it needs --norm dn, not in")
+    assert not (tmp_path / "x.tif").exists()

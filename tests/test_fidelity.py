@@ -7,12 +7,16 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from dn_cli.dense_norm import DenseNorm2d
+from dn_cli.geometry import Box, MomentGrid, TileGrid
 from dn_cli.images import ArrayImage, Canvas
 from dn_cli.metrics import local_reference, ring_errors, ring_masks
 from dn_cli.models import Generator
 from dn_cli.pipeline import TileRunner, translate
+from dn_cli.schedule import by_tile_rows
 
 from .conftest import affine_model
 
@@ -58,9 +62,7 @@ def test_rings_split_the_grid_as_documented():
 def test_the_moment_stride_study_at_the_tile_stride_is_dn(tissue):
     """The study's slow DN on a finer moment grid (scripts/moment_stride_study.py), at S = T, is
     dn's own output: what it says of S = T/2 rests on the same maths."""
-    study = importlib.util.spec_from_file_location("moment_stride_study", SCRIPTS / "moment_stride_study.py")
-    module = importlib.util.module_from_spec(study)
-    study.loader.exec_module(module)
+    module = load_study()
     image = np.ascontiguousarray(tissue[40:240, 100:430])  # ragged last row and column of tiles
     expected = module.FineDN(affine_model(), image, 64, 16, 64).translate()
     canvas = Canvas(330, 200)
@@ -70,3 +72,74 @@ def test_the_moment_stride_study_at_the_tile_stride_is_dn(tissue):
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     finer = module.FineDN(affine_model(), image, 64, 16, 32).translate()
     assert np.abs(finer.astype(int) - expected).mean() > 0.1  # a finer grid does change the output
+
+
+def load_study():
+    study = importlib.util.spec_from_file_location("moment_stride_study", SCRIPTS / "moment_stride_study.py")
+    module = importlib.util.module_from_spec(study)
+    study.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["fields", "fused"])
+def test_moments_every_half_tile_are_the_studys_slow_dn(tissue, fused):
+    """--moment-stride half in the pipeline (eager and as compiled models run it) against the
+    study's float64 DN at S = T/2, blending each tile's 3 × 3 windows as dn does."""
+    image = np.ascontiguousarray(tissue[40:240, 100:430])  # ragged last row and column of tiles
+    expected = load_study().FineDN(affine_model(), image, 64, 16, 32).translate()
+    runner = TileRunner(Generator(affine_model(), "t", {}, 2), torch.device("cpu"))
+    for layer in runner.module.modules():
+        if isinstance(layer, DenseNorm2d):
+            layer.fused = fused
+    for batch_size in (1, 4):
+        canvas = Canvas(330, 200)
+        translate(ArrayImage(image), canvas, runner, tile_size=64, margin=16, batch_size=batch_size, moment_stride=32)
+        difference = np.abs(canvas.pixels.astype(int) - expected)
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, batch_size
+
+
+def test_moments_every_half_tile_skip_glass_and_fill_every_pixel(tissue):
+    image = np.ascontiguousarray(tissue[:256, :320])
+    active = np.ones((4, 5), bool)
+    active[1, 2] = active[3, 0] = active[0, 4] = False
+    outputs = []
+    for batch_size in (1, 3):
+        canvas = Canvas(320, 256)
+        canvas.pixels[:] = 7
+        runner = TileRunner(Generator(affine_model(), "t", {}, 2), torch.device("cpu"))
+        options = {"tile_size": 64, "margin": 16, "batch_size": batch_size, "active": active}
+        translate(ArrayImage(image), canvas, runner, **options, moment_stride=32)
+        outputs.append(canvas.pixels.copy())
+    assert np.array_equal(outputs[0], outputs[1]) and (outputs[0] != 7).any(axis=2).all()
+    plain = Canvas(320, 256)
+    runner = TileRunner(Generator(affine_model(), "t", {}, 2), torch.device("cpu"))
+    translate(ArrayImage(image), plain, runner, tile_size=64, margin=16, active=active)
+    assert np.abs(plain.pixels.astype(int) - outputs[0]).mean() > 0.1  # the finer grid is used
+
+
+def test_the_window_grid_at_the_tile_stride_is_the_tile_grid():
+    tiles = TileGrid(330, 200, 64, 16)
+    same = MomentGrid(tiles, 64)
+    assert (same.rows, same.cols) == (tiles.rows, tiles.cols)
+    for i in range(len(tiles)):
+        assert same.padded_box(*same.position(i)) == tiles.padded_box(*tiles.position(i))
+        assert same.inside(*same.position(i)) == tiles.inside(*tiles.position(i)) and same.tiles_of(i) == [i]
+    half = MomentGrid(tiles, 32)
+    assert (half.rows, half.cols) == (7, 11) and half.padded_box(1, 1) == Box(16, 16, 96, 96)
+    assert half.tiles_of(1) == [0, 1] and half.tiles_of(half.cols + 1) == [0, 1, 6, 7] and half.tiles_of(2) == [1]
+    steps = by_tile_rows(tiles.rows, tiles.cols, 2, 4)
+    collected = set()
+    for step in steps:
+        if step.kind == "collect":
+            collected |= set(step.tiles)
+            continue
+        for tile in step.tiles:  # every window of its neighbourhood (inside the grid) is collected first
+            row, col = tiles.position(tile)
+            needed = {
+                a * half.cols + b
+                for a in range(max(0, 2 * row - 1), min(half.rows, 2 * row + 2))
+                for b in range(max(0, 2 * col - 1), min(half.cols, 2 * col + 2))
+            }
+            assert needed <= collected
+    assert collected == set(range(len(half)))
+    assert sorted(t for s in steps if s.kind == "apply" for t in s.tiles) == list(range(len(tiles)))

@@ -137,12 +137,12 @@ def test_fidelity_reports_every_policy_by_ring_for_both_models():
     assert [r["model"].split(" (")[0] for r in results] == ["DAB → AEC", "DAB → eosin"]
     for result in results:
         for yardstick in ("truth", "local"):
-            assert set(result[yardstick]) == {"untiled", "dn", "in", "kin", "tin"}
+            assert set(result[yardstick]) == {"untiled", "dn", "in", "kin", "tin", "dn half"}
             assert all(
                 set(by_ring) == {"all", "border", "interior", "centre", "seam"}
                 for by_ring in result[yardstick].values()
             )
-        assert set(result["seams"]["0"]) == {"untiled", "dn", "in", "kin", "tin"}
+        assert set(result["seams"]["0"]) == {"untiled", "dn", "in", "kin", "tin", "dn half"}
 
 
 def test_house_measures_the_code_and_finds_no_import_circle():

@@ -48,5 +48,6 @@ def translate_pixels(
     if s.tissue is not False:
         active = find_tissue(source, grid, s.min_tissue, events.warning, "the image")[0]
     canvas = Canvas(source.width, source.height)
-    run_translation(source, canvas, runner, policy=s.policy, grid=grid, batch_size=s.batch_size, active=active)
+    options = {"policy": s.policy, "moment_stride": s.moment_stride_px(grid.tile_size), "batch_size": s.batch_size}
+    run_translation(source, canvas, runner, grid=grid, active=active, **options)
     return canvas.pixels

@@ -14,7 +14,7 @@ from pathlib import Path
 from dn_cli.app.batch import Job
 from dn_cli.app.claims import holder_of, runs_started
 from dn_cli.app.results import SlideResult, Why
-from dn_cli.app.settings import OPTIONS, Run
+from dn_cli.app.settings import BEFORE_RECORDED, OPTIONS, Run
 from dn_cli.errors import OutputError, first_line
 from dn_cli.image_io import image_description
 from dn_cli.outputs import check_name, is_busy
@@ -97,6 +97,7 @@ def differences(job: Job, run: Run) -> str:
     if not isinstance(recorded, dict):
         return ""  # made before dn recorded its options: the model is all that can be compared
     mine = run.settings.options()
+    recorded = BEFORE_RECORDED | recorded
     given = [
         f"no {flag}" if recorded.get(name) is None else f"{flag} {recorded[name]}"
         for name, flag in OPTIONS.items()

@@ -16,6 +16,7 @@ from dn_cli.app.results import SlideResult
 from dn_cli.app.run import run_jobs
 from dn_cli.app.settings import Run, Settings
 from dn_cli.device import autocast_dtype, select_device
+from dn_cli.errors import GeometryError
 from dn_cli.geometry import check_geometry, default_margin
 from dn_cli.pipeline import TileRunner
 
@@ -26,6 +27,8 @@ def resolved(settings: Settings, model: Model) -> Settings:
     if settings.margin is None:
         settings = replace(settings, margin=default_margin(settings.tile_size, stride))
     check_geometry(settings.tile_size, settings.margin, stride)
+    if settings.moment_stride == "half" and settings.policy != "dn":
+        raise GeometryError(f"--moment-stride half places DN's moments: it needs --norm dn, not {settings.policy}")
     return settings
 
 

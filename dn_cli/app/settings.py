@@ -20,7 +20,11 @@ OPTIONS = {
     "min_tissue": "--min-tissue",
     "compression": "--compression",
     "quality": "--quality",
+    "moment_stride": "--moment-stride",
 }
+# What an output recorded before an option existed was made with.
+BEFORE_RECORDED = {"moment_stride": "tile"}
+MOMENT_STRIDES = ("tile", "half")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ class Settings:
     min_tissue: float = 0.0
     ome: bool = False
     compile_model: str = "auto"  # --compile: on a CPU, auto decides slide by slide
+    moment_stride: str = "tile"  # DN's moments at the tiles, or also halfway between them
+
+    def moment_stride_px(self, tile_size: int) -> int | None:
+        """The moment stride in pixels for tiles of ``tile_size`` (None: the tiles')."""
+        return tile_size // 2 if self.moment_stride == "half" else None
 
     def options(self) -> dict:
         """The options that decide an output's pixels and bytes, as its provenance records them."""

@@ -167,7 +167,7 @@ def choose_compile(slide: Slide, grid: TileGrid, active: np.ndarray | None) -> s
     if runner.compiled:
         return "compiled: compiled for an earlier slide of this run"
     tiles = len(grid) if active is None else int(active.sum())
-    passes = 2 if collects(s.policy) else 1
+    passes = 1 + (4 if s.moment_stride == "half" else 1) * collects(s.policy)  # collect forwards, then one apply
     choice = runner.compile_if_it_pays(tiles * passes, grid.padded_size, s.batch_size, key, warn)
     slide.events.note(f"{slide.label}: {choice}")
     return choice
@@ -241,6 +241,7 @@ def translate_into(
             slide.runner,
             policy=s.policy,
             grid=grid,
+            moment_stride=s.moment_stride_px(grid.tile_size),
             batch_size=s.batch_size,
             progress=tiles_done,
             active=active,

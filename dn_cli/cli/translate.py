@@ -19,7 +19,7 @@ from dn_cli.app.execute import resolved, run_request
 from dn_cli.app.model import load_model
 from dn_cli.app.request import Request, plan_request, settings_conflict
 from dn_cli.app.results import Status
-from dn_cli.app.settings import Run, Settings
+from dn_cli.app.settings import MOMENT_STRIDES, Run, Settings
 from dn_cli.cli.options import Location, compile_option, debug_option, model_options, model_path_option
 from dn_cli.cli.report import Printed, emit
 from dn_cli.cli.streams import is_closed
@@ -103,6 +103,14 @@ class PixelSize(click.ParamType):
     default="dn",
     show_default=True,
     help="Normalisation: dn dense, in per tile, kin 3×3 kernel, tin thumbnail.",
+)
+@click.option(
+    "--moment-stride",
+    type=click.Choice(MOMENT_STRIDES),
+    default="tile",
+    show_default=True,
+    help="Where DN measures moments: at every tile, or also halfway between tiles (half: every pixel "
+    "within a quarter tile of its moments, 4× the collect forwards; docs/quality.md).",
 )
 @click.option(
     "--tile-size",
@@ -217,6 +225,7 @@ def translate(
     allow_upsampling: bool,
     mpp_override: float | None,
     policy: str,
+    moment_stride: str,
     tile_size: int,
     margin: int | None,
     batch_size: int,
@@ -287,6 +296,7 @@ def translate(
         min_tissue=min_tissue,
         ome=output_format == "ome-tiff",
         compile_model=compile_model,
+        moment_stride=moment_stride,
     )
     settings = resolved(settings, model)  # the geometry checked once, before any slide
     if compiled.wanted(compile_model, torch_device) and compile_model == "auto" and not quiet:
