@@ -525,12 +525,12 @@ class TilePass:
         tiles: list[int],
         moments: MomentRing,
         oldest_needed_row: int,
-        windows: TileGrid | MomentGrid | None = None,
+        windows: MomentGrid | None = None,
     ) -> None:
         """One batch's moments into the ring; flat tiles (or windows) carry the image's instead."""
         grid, runner = self.grid, self.runner
-        where = windows or grid
-        with naming_tiles(grid, [where.tiles_of(i)[0] for i in tiles] if windows is not None else tiles):
+        where = grid if windows is None else windows
+        with naming_tiles(grid, tiles if windows is None else [windows.tiles_of(i)[0] for i in tiles]):
             packed = runner.collect(batch, [where.inside(*where.position(i)) for i in tiles])
         if flat.any():  # their tiny variance would swamp their neighbours: the image's instead
             if self.image_moments is None:
