@@ -229,3 +229,19 @@ def test_auto_on_a_cpu_decides_per_slide_says_why_and_learns(tmp_path, tissue, c
     (key,) = expected
     learnt = json.loads(History(cache).path.read_text())[key]
     assert learnt["forward_s"] > 0 and "cached_s" in learnt  # a cached compile measured too, for the next
+
+
+def test_compiled_equals_eager_with_moments_every_half_tile(tissue):
+    """--moment-stride half changes only the apply pass's weights: compiled whole, same pixels."""
+    generator = Generator(randomised(ResnetGenerator(ngf=4, n_blocks=1)), "cyclegan-resnet", {}, 4)
+    image = np.ascontiguousarray(tissue[:200, :300])
+    canvases = []
+    for compiled in (False, True):
+        runner = TileRunner(generator, CPU)
+        if compiled:
+            runner.compile(pytest.fail, backend="eager")
+        canvas = Canvas(300, 200)
+        translate(ArrayImage(image), canvas, runner, tile_size=64, batch_size=4, moment_stride=32)
+        canvases.append(canvas.pixels.astype(int))
+    assert graphs() > 0 and not counters["graph_break"], dict(counters["graph_break"])
+    assert np.abs(canvases[0] - canvases[1]).max() <= 1
