@@ -25,6 +25,13 @@ class Box:
     height: int
 
 
+def in_image(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The part of ``box`` inside a ``width × height`` image, in pixels of the box: (top, bottom,
+    left, right)."""
+    top, left = max(0, -box.y), max(0, -box.x)
+    return top, min(box.height, height - box.y), left, min(box.width, width - box.x)
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """A ``rows × cols`` grid of ``tile_size`` tiles over a ``width × height`` image.
@@ -66,10 +73,7 @@ class TileGrid:
     def inside(self, row: int, col: int) -> tuple[int, int, int, int]:
         """The part of a tile's padded box that lies in the image, in pixels of that box:
         (top, bottom, left, right); ``(0, side, 0, side)`` for a tile whose context is all image."""
-        box, side = self.padded_box(row, col), self.padded_size
-        top, left = max(0, -box.y), max(0, -box.x)
-        bottom, right = min(side, self.height - box.y), min(side, self.width - box.x)
-        return top, bottom, left, right
+        return in_image(self.padded_box(row, col), self.width, self.height)
 
     def output_box(self, row: int, col: int) -> Box:
         """The tile's own pixels, cropped to the image."""
@@ -132,9 +136,7 @@ class MomentGrid:
 
     def inside(self, row: int, col: int) -> tuple[int, int, int, int]:
         """The part of a window in the image, as :meth:`TileGrid.inside`."""
-        box, side = self.padded_box(row, col), self.padded_size
-        top, left = max(0, -box.y), max(0, -box.x)
-        return top, min(side, self.height - box.y), left, min(side, self.width - box.x)
+        return in_image(self.padded_box(row, col), self.width, self.height)
 
     def tiles_of(self, index: int) -> list[int]:
         """The raster indices of the tiles whose neighbourhoods hold window ``index``: the tile
